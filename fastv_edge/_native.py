@@ -1,0 +1,179 @@
+"""ctypes bindings for the llama_fastv_* symbols of the patched libllama.
+
+The library is the one llama-cpp-python loads (llama_cpp._lib), so FastV calls act on the
+same llama_context objects as llama-cpp-python. On a stock library every binding raises
+PatchMissingError instead of silently returning None.
+
+The raw bindings mirror llama.h; the `checked_*` helpers turn return codes into exceptions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp
+from llama_cpp._ctypes_extensions import ctypes_function_for_shared_library
+
+from .errors import NativeError, PatchMissingError
+
+_lib = llama_cpp.llama_cpp._lib
+_ctypes_function = ctypes_function_for_shared_library(_lib)
+
+SYMBOLS = (
+    "llama_fastv_begin",
+    "llama_fastv_finish",
+    "llama_fastv_finish_with_keep",
+    "llama_fastv_abort",
+    "llama_fastv_get_scores",
+    "llama_fastv_get_kept",
+    "llama_fastv_hide",
+    "llama_fastv_n_hidden",
+)
+HAS_FASTV = all(hasattr(_lib, name) for name in SYMBOLS)
+
+# enum llama_fastv_status
+FASTV_OK = 0
+FASTV_ERR_ARG = -1
+FASTV_ERR_UNSUPPORTED = -2
+FASTV_ERR_STATE = -3
+FASTV_ERR_PROMPT = -4
+FASTV_ERR_DECODE = -5
+
+_ctx_p = llama_cpp.llama_context_p_ctypes
+
+
+def _missing(name: str) -> PatchMissingError:
+    return PatchMissingError(
+        f"{_lib._name} has no {name}: this is a stock llama-cpp-python build. "
+        "Rebuild the patched one: python fastv_edge/native_build.py install"
+    )
+
+
+# LLAMA_API int32_t llama_fastv_begin(struct llama_context * ctx, llama_seq_id seq_id, int32_t k, float drop_ratio);
+@_ctypes_function(
+    "llama_fastv_begin",
+    [_ctx_p, llama_cpp.llama_seq_id, ctypes.c_int32, ctypes.c_float],
+    ctypes.c_int32,
+    enabled=HAS_FASTV,
+)
+def llama_fastv_begin(ctx, seq_id, k, drop_ratio, /) -> int:
+    raise _missing("llama_fastv_begin")
+
+
+# LLAMA_API int32_t llama_fastv_finish(struct llama_context * ctx);
+@_ctypes_function("llama_fastv_finish", [_ctx_p], ctypes.c_int32, enabled=HAS_FASTV)
+def llama_fastv_finish(ctx, /) -> int:
+    raise _missing("llama_fastv_finish")
+
+
+# LLAMA_API int32_t llama_fastv_finish_with_keep(struct llama_context * ctx, const int32_t * keep, int32_t n_keep);
+@_ctypes_function(
+    "llama_fastv_finish_with_keep",
+    [_ctx_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32],
+    ctypes.c_int32,
+    enabled=HAS_FASTV,
+)
+def llama_fastv_finish_with_keep(ctx, keep, n_keep, /) -> int:
+    raise _missing("llama_fastv_finish_with_keep")
+
+
+# LLAMA_API void llama_fastv_abort(struct llama_context * ctx);
+@_ctypes_function("llama_fastv_abort", [_ctx_p], None, enabled=HAS_FASTV)
+def llama_fastv_abort(ctx, /) -> None:
+    raise _missing("llama_fastv_abort")
+
+
+# LLAMA_API int32_t llama_fastv_get_scores(struct llama_context * ctx, float * out, int32_t n_max);
+@_ctypes_function(
+    "llama_fastv_get_scores",
+    [_ctx_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int32],
+    ctypes.c_int32,
+    enabled=HAS_FASTV,
+)
+def llama_fastv_get_scores(ctx, out, n_max, /) -> int:
+    raise _missing("llama_fastv_get_scores")
+
+
+# LLAMA_API int32_t llama_fastv_get_kept(struct llama_context * ctx, int32_t * out, int32_t n_max);
+@_ctypes_function(
+    "llama_fastv_get_kept",
+    [_ctx_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32],
+    ctypes.c_int32,
+    enabled=HAS_FASTV,
+)
+def llama_fastv_get_kept(ctx, out, n_max, /) -> int:
+    raise _missing("llama_fastv_get_kept")
+
+
+# LLAMA_API int32_t llama_fastv_hide(struct llama_context * ctx, llama_seq_id seq_id,
+#                                    const llama_pos * pos, int32_t n_pos, int32_t k);
+@_ctypes_function(
+    "llama_fastv_hide",
+    [_ctx_p, llama_cpp.llama_seq_id, ctypes.POINTER(llama_cpp.llama_pos), ctypes.c_int32, ctypes.c_int32],
+    ctypes.c_int32,
+    enabled=HAS_FASTV,
+)
+def llama_fastv_hide(ctx, seq_id, pos, n_pos, k, /) -> int:
+    raise _missing("llama_fastv_hide")
+
+
+# LLAMA_API int32_t llama_fastv_n_hidden(struct llama_context * ctx);
+@_ctypes_function("llama_fastv_n_hidden", [_ctx_p], ctypes.c_int32, enabled=HAS_FASTV)
+def llama_fastv_n_hidden(ctx, /) -> int:
+    raise _missing("llama_fastv_n_hidden")
+
+
+def _check(func: str, code: int, hint: str = "") -> int:
+    if code < 0:
+        raise NativeError(func, code, hint)
+    return code
+
+
+def begin(ctx, seq_id: int, k: int, drop_ratio: float) -> None:
+    """Start a FastV prefill of seq_id: decode the prompt next, then call finish()."""
+    _check("llama_fastv_begin", llama_fastv_begin(ctx, seq_id, k, drop_ratio))
+
+
+def finish(ctx) -> None:
+    """Rank the image tokens, keep the top ones and run layers >= K on the kept tokens."""
+    _check("llama_fastv_finish", llama_fastv_finish(ctx))
+
+
+def finish_with_keep(ctx, keep) -> None:
+    """Like finish(), with the kept image-token indices (prompt order) chosen by the caller."""
+    keep = [int(i) for i in keep]
+    arr = (ctypes.c_int32 * max(len(keep), 1))(*keep)
+    _check("llama_fastv_finish_with_keep", llama_fastv_finish_with_keep(ctx, arr, len(keep)))
+
+
+def abort(ctx) -> None:
+    """Leave the FastV prefill; the caller must clear the memory it wrote."""
+    llama_fastv_abort(ctx)
+
+
+def get_scores(ctx) -> list[float]:
+    """Layer K-1 attention of the last prompt token to each image token, prompt order."""
+    n = _check("llama_fastv_get_scores", llama_fastv_get_scores(ctx, None, 0))
+    out = (ctypes.c_float * max(n, 1))()
+    _check("llama_fastv_get_scores", llama_fastv_get_scores(ctx, out, n))
+    return list(out[:n])
+
+
+def get_kept(ctx) -> list[int]:
+    """Indices (ascending, into the image tokens) kept by the last finish."""
+    n = _check("llama_fastv_get_kept", llama_fastv_get_kept(ctx, None, 0))
+    out = (ctypes.c_int32 * max(n, 1))()
+    _check("llama_fastv_get_kept", llama_fastv_get_kept(ctx, out, n))
+    return list(out[:n])
+
+
+def hide(ctx, seq_id: int, positions, k: int) -> None:
+    """Hide the cells of seq_id at `positions` from layers >= k (layers < k still see them)."""
+    positions = [int(p) for p in positions]
+    arr = (llama_cpp.llama_pos * max(len(positions), 1))(*positions)
+    _check("llama_fastv_hide", llama_fastv_hide(ctx, seq_id, arr, len(positions), k))
+
+
+def n_hidden(ctx) -> int:
+    """Number of KV cells hidden from the deep layers."""
+    return _check("llama_fastv_n_hidden", llama_fastv_n_hidden(ctx))
