@@ -1,0 +1,26 @@
+"""The savings script runs end to end on a tiny model and reports sane numbers (no timing claims)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytestmark = pytest.mark.native
+
+
+def test_savings_script_reports_consistent_rows(tiny, tmp_path):
+    from fastv_edge import savings
+
+    out = tmp_path / "savings.json"
+    assert savings.main(["--model", str(tiny.llama_path), "--n-image", "64", "--reps", "1",
+                         "--drop-ratio", "0.5", "--drop-ratio", "0.9", "--out", str(out)]) == 0
+    [result] = json.loads(out.read_text())
+    assert result["n_layer"] == 4 and result["k"] == 2
+    for row, r in zip(result["rows"], (0.5, 0.9)):
+        assert row["n_kept"] == int(64 * (1 - r))
+        for key in ("stock_ms", "shallow_ms", "deep_ms", "ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0
+        assert 0 < row["theory"] < 1
+    assert result["rows"][1]["theory"] < result["rows"][0]["theory"]
