@@ -1,5 +1,8 @@
 """Write a llama-architecture GGUF from numpy weights, with SmolLM2-135M's real tokenizer.
 
+write_model_gguf is the arch-independent part (general keys, tokenizer, tensors) that the
+qwen2vl and gemma3 writers (models/qwen2vl_gguf.py, models/gemma3_gguf.py) share.
+
 Tensor layout follows what llama.cpp's llama loader expects (src/models/llama.cpp): a
 weight that maps n_in -> n_out is a numpy array of shape (n_out, n_in), i.e. ggml
 ne = [n_in, n_out], applied as y = x @ W.T. Q and K rows are in llama.cpp's own order
@@ -122,8 +125,8 @@ def read_tokenizer(path: str | Path | None = None) -> Tokenizer:
     return Tokenizer(tuple(fields))
 
 
-def _check_weights(hp: LlamaHParams, weights: dict[str, np.ndarray]) -> None:
-    expected = tensor_shapes(hp)
+def check_weights(expected: dict[str, tuple[int, ...]], weights: dict[str, np.ndarray]) -> None:
+    """Raise ValueError unless weights has exactly the expected names and numpy shapes."""
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
     if missing or extra:
@@ -169,33 +172,69 @@ def write_llama_gguf(
     Returns:
         The path written.
     """
+
+    def add_keys(writer: gguf.GGUFWriter) -> None:
+        writer.add_block_count(hp.n_layer)
+        writer.add_context_length(hp.n_ctx_train)
+        writer.add_embedding_length(hp.n_embd)
+        writer.add_feed_forward_length(hp.n_ff)
+        writer.add_head_count(hp.n_head)
+        writer.add_head_count_kv(hp.n_head_kv)
+        writer.add_rope_dimension_count(hp.head_dim)
+        writer.add_rope_freq_base(hp.rope_freq_base)
+        writer.add_layer_norm_rms_eps(hp.rms_eps)
+
+    return write_model_gguf(
+        path, "llama", add_keys, tensor_shapes(hp), weights, hp.n_vocab, weight_type, tokenizer, name
+    )
+
+
+def write_model_gguf(
+    path: str | Path,
+    arch: str,
+    add_keys,
+    shapes: dict[str, tuple[int, ...]],
+    weights: dict[str, np.ndarray],
+    n_vocab: int,
+    weight_type: str = "f32",
+    tokenizer: Tokenizer | None = None,
+    name: str = "tiny",
+) -> Path:
+    """Write a text-model GGUF of any architecture: general keys, tokenizer, tensors.
+
+    Args:
+        path: output file.
+        arch: general.architecture, e.g. 'llama', 'qwen2vl', 'gemma3'.
+        add_keys: callable(gguf.GGUFWriter) adding the arch's hyperparameter keys.
+        shapes: numpy shape of every tensor, keyed by GGUF name, in file order.
+        weights: numpy arrays with exactly those names and shapes.
+        n_vocab: the model's vocabulary size; must equal the tokenizer's.
+        weight_type: 'f32', 'f16' or 'q8_0' for the 2-D matrices (1-D tensors stay F32).
+        tokenizer: tokenizer keys to copy; None copies SmolLM2-135M's (vocab 49152).
+        name: general.name.
+
+    Returns:
+        The path written.
+    """
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"weight_type must be one of {sorted(WEIGHT_TYPES)}, got {weight_type!r}")
     tokenizer = tokenizer or read_tokenizer()
-    if tokenizer.n_vocab != hp.n_vocab:
-        raise ValueError(f"hp.n_vocab={hp.n_vocab} but the tokenizer has {tokenizer.n_vocab} tokens")
-    _check_weights(hp, weights)
+    if tokenizer.n_vocab != n_vocab:
+        raise ValueError(f"n_vocab={n_vocab} but the tokenizer has {tokenizer.n_vocab} tokens")
+    check_weights(shapes, weights)
     qtype, ftype = WEIGHT_TYPES[weight_type]
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer = gguf.GGUFWriter(str(path), arch=arch)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_file_type(ftype)
-    writer.add_block_count(hp.n_layer)
-    writer.add_context_length(hp.n_ctx_train)
-    writer.add_embedding_length(hp.n_embd)
-    writer.add_feed_forward_length(hp.n_ff)
-    writer.add_head_count(hp.n_head)
-    writer.add_head_count_kv(hp.n_head_kv)
-    writer.add_rope_dimension_count(hp.head_dim)
-    writer.add_rope_freq_base(hp.rope_freq_base)
-    writer.add_layer_norm_rms_eps(hp.rms_eps)
-    writer.add_vocab_size(hp.n_vocab)
+    add_keys(writer)
+    writer.add_vocab_size(n_vocab)
     for key, value, vtype, sub_type in tokenizer.fields:
         writer.add_key_value(key, value, vtype, sub_type=sub_type)
-    for tname in tensor_shapes(hp):
+    for tname in shapes:
         data = _encode(weights[tname], qtype, tname)
         raw = qtype if data.dtype == np.uint8 else None
         writer.add_tensor(tname, data, raw_dtype=raw)

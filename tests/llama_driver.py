@@ -3,6 +3,11 @@
 Decodes token batches and embedding batches (llama_batch_init(n, n_embd, 1) with embd
 rows) at explicit positions, and reads logits. Defaults are the exact-comparison setting:
 F32 K/V cache, flash attention off.
+
+M-RoPE models (qwen2vl): llama_decode reads an embedding batch's positions section-major,
+pos[j*n_tokens + i] for j < 4 (llama_batch_compat::init, src/llama-batch.cpp), while
+llama_batch_init allocates only n_tokens positions; embedding batches therefore get a
+4*n position array here. Token batches keep one position per token.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class LlamaDriver:
         n_threads: CPU threads.
         n_seq_max: number of sequences the context holds.
         kv_unified: one KV buffer shared by all sequences (else one stream per sequence).
+        swa_full: full-size sliding-window cache (the default); False keeps only the window.
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class LlamaDriver:
         n_threads: int = 2,
         n_seq_max: int = 1,
         kv_unified: bool = False,
+        swa_full: bool = True,
     ):
         mparams = llama_cpp.llama_model_default_params()
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
@@ -56,6 +63,7 @@ class LlamaDriver:
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_ubatch
         cparams.n_seq_max = n_seq_max
         cparams.kv_unified = kv_unified
+        cparams.swa_full = swa_full
         cparams.n_threads = cparams.n_threads_batch = n_threads
         cparams.type_k = cparams.type_v = kv_type
         cparams.flash_attn_type = (
@@ -70,6 +78,11 @@ class LlamaDriver:
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.n_layer = llama_cpp.llama_model_n_layer(self.model)
         self.n_batch = n_batch
+        self.n_ubatch = n_ubatch
+        rope_type = llama_cpp.llama_model_rope_type(self.model)
+        self.n_pos_per_embd = (
+            4 if rope_type in (llama_cpp.LLAMA_ROPE_TYPE_MROPE, llama_cpp.LLAMA_ROPE_TYPE_IMROPE) else 1
+        )
         self.n_past = 0
 
     def close(self) -> None:
@@ -91,24 +104,35 @@ class LlamaDriver:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         self.n_past = 0
 
-    def _decode(self, n: int, fill, logits_last: bool, embd_dim: int = 0) -> None:
-        """Decode n inputs in chunks of n_batch; fill(batch, i0, i1) writes token/embd rows."""
+    def _decode(self, n: int, fill, logits_last: bool, embd_dim: int = 0, pos=None) -> None:
+        """Decode n inputs in chunks of n_batch; fill(batch, i0, i1) writes token/embd rows.
+
+        pos: (n_pos, n) positions, section-major; None means n_past, n_past+1, ... The
+        caller advances n_past when it passes pos."""
         for i0 in range(0, n, self.n_batch):
             i1 = min(n, i0 + self.n_batch)
             batch = llama_cpp.llama_batch_init(i1 - i0, embd_dim, 1)
+            own_pos = ctypes.cast(batch.pos, ctypes.c_void_p).value  # an address: the field object is a view
             try:
                 batch.n_tokens = i1 - i0
                 fill(batch, i0, i1)
+                if pos is not None:
+                    chunk = np.ascontiguousarray(pos[:, i0:i1], dtype=np.int32)  # (n_pos, i1 - i0)
+                    pos_buf = (llama_cpp.llama_pos * chunk.size).from_buffer_copy(chunk.tobytes())
+                    batch.pos = ctypes.cast(pos_buf, ctypes.POINTER(llama_cpp.llama_pos))
                 for j in range(i1 - i0):
-                    batch.pos[j] = self.n_past + j
+                    if pos is None:
+                        batch.pos[j] = self.n_past + j
                     batch.n_seq_id[j] = 1
                     batch.seq_id[j][0] = 0
                     batch.logits[j] = logits_last and (i0 + j == n - 1)
                 rc = llama_cpp.llama_decode(self.ctx, batch)
                 if rc != 0:
                     raise RuntimeError(f"llama_decode returned {rc}")
-                self.n_past += i1 - i0
+                if pos is None:
+                    self.n_past += i1 - i0
             finally:
+                batch.pos = ctypes.cast(own_pos, ctypes.POINTER(llama_cpp.llama_pos))  # llama_batch_free frees it
                 llama_cpp.llama_batch_free(batch)
 
     def decode_tokens(self, tokens, logits_last: bool = True) -> None:
@@ -121,26 +145,80 @@ class LlamaDriver:
 
         self._decode(len(tokens), fill, logits_last)
 
-    def decode_embd(self, rows, logits_last: bool = False) -> None:
-        """Decode embedding rows (n, n_embd) at the next positions (the image path)."""
+    def embd_positions(self, n: int, grid=None) -> tuple[np.ndarray, int]:
+        """Positions of n embedding rows at n_past, as mtmd assigns them, and how far n_past moves.
+
+        Args:
+            n: number of rows.
+            grid: (nx, ny) for an M-RoPE image: t = n_past, y = n_past + i // nx,
+                x = n_past + i % nx, z = 0, stored (t, y, x, z) (mtmd.cpp:2474-2484,
+                mtmd-helper-common.h:101-113); n_past then moves by max(nx, ny). None: 1-D
+                positions n_past + i, repeated in all 4 sections on M-RoPE models.
+
+        Returns:
+            ((n_pos_per_embd, n) int positions, advance of n_past).
+        """
+        i = np.arange(n)
+        if grid is None:
+            return np.tile(self.n_past + i, (self.n_pos_per_embd, 1)), n
+        if self.n_pos_per_embd != 4:
+            raise ValueError("a grid needs an M-RoPE model (qwen2vl); this model takes 1-D positions")
+        nx, ny = (int(v) for v in grid)
+        if nx <= 0 or ny <= 0 or nx * ny != n:
+            raise ValueError(f"grid {grid} does not hold {n} rows")
+        t = np.full(n, self.n_past)
+        pos = np.stack([t, self.n_past + i // nx, self.n_past + i % nx, np.zeros(n, dtype=np.int64)])
+        return pos, max(nx, ny)
+
+    def decode_embd(self, rows, logits_last: bool = False, grid=None, causal: bool = True) -> None:
+        """Decode embedding rows (n, n_embd) at the next positions (the image path).
+
+        Args:
+            rows: (n, n_embd) embeddings.
+            logits_last: request logits for the last row.
+            grid: (nx, ny) M-RoPE image grid (qwen2vl), see embd_positions.
+            causal: False decodes the rows with llama_set_causal_attn(ctx, false), as mtmd
+                does for Gemma 3 images; they must then fit in one n_batch and n_ubatch.
+        """
         rows = np.ascontiguousarray(rows, dtype=np.float32)  # (n, n_embd)
         if rows.ndim != 2 or rows.shape[1] != self.n_embd:
             raise ValueError(f"rows must be (n, {self.n_embd}), got {rows.shape}")
+        if not causal and rows.shape[0] > min(self.n_batch, self.n_ubatch):
+            # llama.cpp aborts (GGML_ASSERT) on a non-causal batch larger than n_ubatch
+            raise ValueError(
+                f"a non-causal block of {rows.shape[0]} rows needs n_batch and n_ubatch >= {rows.shape[0]}, "
+                f"have {self.n_batch} and {self.n_ubatch}"
+            )
+        pos, advance = self.embd_positions(rows.shape[0], grid)
 
         def fill(batch, i0, i1):
             chunk = rows[i0:i1]  # (i1 - i0, n_embd)
             ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
 
-        self._decode(rows.shape[0], fill, logits_last, embd_dim=self.n_embd)
+        if not causal:
+            llama_cpp.llama_set_causal_attn(self.ctx, False)
+        try:
+            self._decode(rows.shape[0], fill, logits_last, embd_dim=self.n_embd, pos=pos)
+        finally:
+            if not causal:
+                llama_cpp.llama_set_causal_attn(self.ctx, True)
+        self.n_past += advance
 
     def decode_segments(self, segments) -> None:
-        """Decode [("tokens", ids) | ("embd", rows)] as separate calls; logits for the last."""
-        for i, (kind, data) in enumerate(segments):
+        """Decode [("tokens", ids) | ("embd", rows[, {"grid": (nx, ny), "causal": bool}])] as
+        separate calls; logits for the last."""
+        for i, seg in enumerate(segments):
+            kind, data = seg[0], seg[1]
+            opts = seg[2] if len(seg) > 2 else {}
+            if isinstance(opts, tuple):
+                opts = {"grid": opts}
             last = i == len(segments) - 1
             if kind == "tokens":
+                if opts:
+                    raise ValueError(f"token segments take no options, got {opts}")
                 self.decode_tokens(data, logits_last=last)
             else:
-                self.decode_embd(data, logits_last=last)
+                self.decode_embd(data, logits_last=last, **opts)
 
     def logits(self) -> np.ndarray:
         """(n_vocab,) logits of the last decoded output row."""
