@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fastv_helpers import continue_decoding, cut_gap, forced_tokens, run_fastv, run_ref, run_stock
 
 pytestmark = pytest.mark.native
 
 N_IMG = 40
-STEPS = 6
 
 
 @pytest.fixture(scope="module")
@@ -46,54 +46,6 @@ def make_prompt(drv, ref, seed: int, n_img: int = N_IMG):
     post = drv.tokenize(" What is in it?<|im_end|>\n<|im_start|>assistant\n")
     img = rng.standard_normal((n_img, drv.n_embd)) * scale  # (n_img, n_embd)
     return [("tokens", pre), ("embd", img.astype(np.float32)), ("tokens", post)]
-
-
-def forced_tokens(drv) -> list[int]:
-    # decode steps feed fixed tokens, so a wrong logit cannot change what is compared next
-    return drv.tokenize(" The picture shows a small cat sitting on a mat")[:STEPS]
-
-
-def continue_decoding(drv, tokens) -> list[np.ndarray]:
-    out = [drv.logits()]
-    for t in tokens:
-        drv.decode_tokens([t])
-        out.append(drv.logits())
-    return out
-
-
-def run_stock(drv, segments, tokens):
-    drv.clear()
-    drv.decode_segments(segments)
-    return np.array(continue_decoding(drv, tokens))
-
-
-def run_fastv(native, drv, segments, tokens, k, drop_ratio=0.0, keep=None):
-    drv.clear()
-    native.begin(drv.ctx, 0, k, drop_ratio)
-    drv.decode_segments(segments)
-    if keep is None:
-        native.finish(drv.ctx)
-    else:
-        native.finish_with_keep(drv.ctx, keep)
-    scores = np.array(native.get_scores(drv.ctx))
-    kept = native.get_kept(drv.ctx)
-    return np.array(continue_decoding(drv, tokens)), scores, kept
-
-
-def run_ref(ref, segments, tokens, k=None, keep=None):
-    out = ref.prefill(segments, K=k, keep=keep)
-    logits = [out["logits"]]
-    for t in tokens:
-        logits.append(ref.decode(t))
-    return np.array(logits), out["scores"]
-
-
-def cut_gap(scores, n_keep: int) -> float:
-    """Score margin at the top-k boundary; inf when the selection cannot be ambiguous."""
-    if n_keep in (0, len(scores)):
-        return np.inf
-    s = np.sort(scores)[::-1]
-    return float(s[n_keep - 1] - s[n_keep])
 
 
 def test_reference_matches_stock(tiny, ref, driver_cls):

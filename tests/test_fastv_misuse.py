@@ -166,13 +166,34 @@ def test_state_save_refused_while_hidden(drv, nv):
     assert llama_cpp.llama_state_get_size(drv.ctx) > 0
 
 
-def test_unsupported_architecture(nv):
-    """Gemma 3 is not handled by this patch yet: refused, never run with wrong semantics."""
+@pytest.fixture(scope="module")
+def qwen2_path(tiny_dir):
+    """A tiny text-only Qwen2 (arch qwen2): the patch has no stage hooks in that graph."""
+    from models.llama_gguf import write_model_gguf
+    from models.make_tiny_archs import random_qwen2vl_weights
+    from models.qwen2vl_gguf import Qwen2VLHParams, tensor_shapes
+
+    hp = Qwen2VLHParams()
+    path = tiny_dir / "tiny-qwen2.gguf"
+
+    def add_keys(writer):
+        writer.add_block_count(hp.n_layer)
+        writer.add_context_length(hp.n_ctx_train)
+        writer.add_embedding_length(hp.n_embd)
+        writer.add_feed_forward_length(hp.n_ff)
+        writer.add_head_count(hp.n_head)
+        writer.add_head_count_kv(hp.n_head_kv)
+        writer.add_rope_freq_base(hp.rope_freq_base)
+        writer.add_layer_norm_rms_eps(hp.rms_eps)
+
+    return write_model_gguf(path, "qwen2", add_keys, tensor_shapes(hp), random_qwen2vl_weights(hp, 0), hp.n_vocab)
+
+
+def test_unsupported_architecture(nv, qwen2_path):
+    """An architecture without the stage hooks is refused, never run with wrong semantics."""
     from llama_driver import LlamaDriver
 
-    from fastv_edge.weights import gemma3_270m_path
-
-    with LlamaDriver(gemma3_270m_path(), n_ctx=256) as drv:
+    with LlamaDriver(qwen2_path, n_ctx=256) as drv:
         assert nv.llama_fastv_begin(drv.ctx, 0, 2, 0.5) == UNSUPPORTED
         pos = (ctypes.c_int32 * 1)(0)
         assert nv.llama_fastv_hide(drv.ctx, 0, pos, 1, 2) == UNSUPPORTED
