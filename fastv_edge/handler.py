@@ -1,0 +1,177 @@
+"""FastVChatHandler: a drop-in llama-cpp-python multimodal chat handler with FastV pruning.
+
+    llm = Llama(model_path="model.gguf", n_ctx=4096,
+                chat_handler=FastVChatHandler(clip_model_path="mmproj.gguf", prune=PruneConfig(drop_ratio=0.5)))
+    llm.create_chat_completion(messages=[...], stream=False)
+
+It builds on MTMDChatHandler's public pieces (mtmd context set-up, image URL collection,
+chat template lookup) and replaces only the prompt evaluation: the chunk loop runs through
+fastv_edge.prefill, so the image tokens are pruned. Afterwards the Llama object is left
+exactly as its own evaluation would leave it (input_ids, n_tokens, last logits row), and
+Llama.create_completion samples from the finish() logits through its "prompt fully cached"
+path without evaluating anything again.
+
+Unsupported architectures are refused (UnsupportedModelError) unless strategy='none'.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import llama_cpp
+import numpy as np
+from llama_cpp import llama_chat_format as lcf
+from llama_cpp import llama_grammar
+
+from .config import PruneConfig
+from .errors import UnsupportedModelError
+from .images import load_image
+from .model import FASTV_ARCHITECTURES, read_mmproj_info
+from .prefill import PrefillStats, Prompt, TokenBatch, check_fits, prefill, tokenize
+from .templates import render, resolve_template
+
+# create_completion arguments the handler passes through unchanged
+_COMPLETION_KEYS = (
+    "temperature", "top_p", "top_k", "min_p", "typical_p", "stream", "stop", "seed", "max_tokens",
+    "presence_penalty", "frequency_penalty", "repeat_penalty", "tfs_z", "mirostat_mode", "mirostat_tau",
+    "mirostat_eta", "model", "logits_processor", "logit_bias",
+)
+
+
+class FastVChatHandler(lcf.MTMDChatHandler):
+    """Multimodal chat handler whose prompt evaluation prunes image tokens with FastV.
+
+    Args:
+        clip_model_path: the mmproj GGUF (checked before anything is loaded).
+        prune: pruning configuration (default PruneConfig(): K=2, R=0.5, strategy 'fastv').
+        template: chat template name or .jinja path for GGUFs without one (default: the
+            GGUF's template, else the matching preset's).
+        verbose: print the rendered prompt and llama.cpp's log, like the stock handlers.
+        use_gpu: run the vision encoder on the GPU when there is one.
+    """
+
+    def __init__(self, clip_model_path: str, *, prune: PruneConfig | None = None, template: str | None = None,
+                 verbose: bool = True, use_gpu: bool = True):
+        read_mmproj_info(clip_model_path)  # ModelLoadError now, not a NULL from mtmd later
+        super().__init__(clip_model_path, verbose=verbose, use_gpu=use_gpu)
+        self.prune = prune or PruneConfig()
+        self.template = template
+        self.last_stats: PrefillStats | None = None  # statistics of the last prefill
+
+    def load_image(self, image_url: str) -> bytes:
+        """Accepts file:// URLs, data: URIs, local paths and http(s) URLs."""
+        from .images import read_source
+
+        return read_source(image_url)[0]
+
+    def _get_chat_template(self, llama_model) -> str:
+        template = llama_model.metadata.get("tokenizer.chat_template") or None
+        return resolve_template(template, llama_model.model_path, self.template)[0]
+
+    def _check_model(self, llama) -> None:
+        if llama._logits_all:
+            raise ValueError(
+                "FastV yields logits for the last prompt token only; create the Llama with logits_all=False"
+            )
+        arch = llama.metadata.get("general.architecture", "?")
+        if self.prune.enabled and arch not in FASTV_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"FastV does not support architecture {arch!r} (supported: {', '.join(FASTV_ARCHITECTURES)}); "
+                "use PruneConfig(strategy='none') for the stock path"
+            )
+        self.prune.check_layer(llama_cpp.llama_model_n_layer(llama.model))
+
+    def _render(self, llama, messages, **template_vars) -> str:
+        vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        text = render(
+            self._get_chat_template(llama), messages, marker=llama_cpp.mtmd_cpp.mtmd_default_marker().decode(),
+            bos_token=llama.detokenize([llama.token_bos()], special=True).decode("utf-8", "replace"),
+            eos_token=llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "replace"),
+            add_generation_prompt=True, strip_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)), **template_vars,
+        )
+        if self.verbose:
+            print(text, file=sys.stderr)
+        return text
+
+    def _evaluate(self, llama, text: str, images) -> list[int]:
+        """The FastV prefill; leaves `llama` as if it had evaluated the prompt itself."""
+        llama.reset()
+        llama._ctx.kv_cache_clear()
+        with tokenize(llama, self.mtmd_ctx, text, images, add_special=True) as prompt:
+            check_fits(prompt, 0, llama.n_ctx())
+            with TokenBatch(llama.n_batch) as batch:
+                n_past, self.last_stats = prefill(
+                    llama._ctx.ctx, self.mtmd_ctx, prompt, batch, n_past=0,
+                    n_ubatch=llama_cpp.llama_n_ubatch(llama._ctx.ctx), prune=self.prune,
+                )
+            _sync_llama(llama, prompt, n_past)
+        return llama.input_ids[: llama.n_tokens].tolist()
+
+    def __call__(self, *, llama, messages, functions=None, function_call=None, tools=None, tool_choice=None,
+                 response_format=None, grammar=None, logprobs=None, top_logprobs=None, **kwargs):
+        """Evaluate the conversation with FastV and complete it (the chat handler protocol).
+
+        Args:
+            llama: the Llama calling create_chat_completion.
+            messages: OpenAI-style messages; image_url parts may be file:// URLs, data: URIs
+                or local paths.
+            **kwargs: the sampling arguments create_chat_completion passes.
+
+        Returns:
+            A chat completion dict, or an iterator of chunks when stream=True.
+        """
+        self._init_mtmd_context(llama)
+        self._check_model(llama)
+        images = [load_image(self.load_image(url)) for url in self.get_image_urls(messages)]
+        text = self._render(llama, messages, functions=functions, function_call=function_call,
+                            tools=tools, tool_choice=tool_choice)
+        prompt = self._evaluate(llama, text, images)
+        if response_format is not None and response_format.get("type") == "json_object":
+            grammar = lcf._grammar_for_response_format(response_format)
+        tool = _forced_tool(functions, function_call, tools, tool_choice)
+        if tool is not None:
+            grammar = llama_grammar.LlamaGrammar.from_json_schema(
+                json.dumps(tool["function"]["parameters"]), verbose=llama.verbose
+            )
+        stream = kwargs.get("stream", False)
+        completion = llama.create_completion(
+            prompt=prompt, grammar=grammar, logprobs=top_logprobs if logprobs else None,
+            **{k: kwargs[k] for k in _COMPLETION_KEYS if k in kwargs},
+        )
+        if tool is not None:
+            return lcf._convert_completion_to_chat_function(tool["function"]["name"], completion, stream)
+        return lcf._convert_completion_to_chat(completion, stream=stream)
+
+
+def _forced_tool(functions, function_call, tools, tool_choice):
+    """The tool a request forces (tool_choice or legacy function_call naming one), if any."""
+    if functions is not None:
+        tools = [{"type": "function", "function": f} for f in functions]
+    if isinstance(function_call, dict) and "name" in function_call:
+        tool_choice = {"type": "function", "function": {"name": function_call["name"]}}
+    if not isinstance(tool_choice, dict) or tools is None:
+        return None
+    name = tool_choice["function"]["name"]
+    tool = next((t for t in tools if t["function"]["name"] == name), None)
+    if tool is None:
+        raise ValueError(f"Tool choice '{name}' not found in tools.")
+    return tool
+
+
+def _sync_llama(llama, prompt: Prompt, n_past: int) -> None:
+    """Set Llama's bookkeeping as its own eval() would: ids, count, last logits row."""
+    pos = 0
+    for piece in prompt.pieces:
+        if piece.tokens is not None:
+            llama.input_ids[pos : pos + piece.n_pos] = piece.tokens
+        else:
+            llama.input_ids[pos : pos + piece.n_pos] = 0  # image positions have no token id
+        pos += piece.n_pos
+    llama.n_tokens = n_past
+    llama._requires_eval = False  # the context's logits are live: generate() samples them directly
+    logits = llama_cpp.llama_get_logits_ith(llama._ctx.ctx, -1)
+    if not logits:
+        raise RuntimeError("no logits for the last prompt token after the prefill")
+    row = min(llama.n_tokens, llama.scores.shape[0]) - 1  # the last row of llama._scores
+    llama.scores[row, :] = np.ctypeslib.as_array(logits, shape=(llama.n_vocab(),))

@@ -1,0 +1,325 @@
+"""load(): validate a text GGUF and its mmproj, then open them with llama-cpp-python + mtmd.
+
+Everything that can be checked in Python is checked before llama.cpp sees the files:
+existence, the GGUF magic, readable metadata, an mmproj that really is a CLIP projector and
+whose output size equals the text model's n_embd, and (for pruning strategies) an
+architecture the FastV patch supports.
+
+Unsupported architecture policy: load() REFUSES with UnsupportedModelError when a pruning
+strategy ('fastv', 'random') is asked for on an architecture the patch does not hook; pass
+PruneConfig(strategy='none') to run such a model on the stock path. A silent fallback would
+report savings that never happened.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PruneConfig, RuntimeConfig
+from .errors import ModelLoadError, UnsupportedModelError
+
+# Architectures whose layer loop the FastV patch hooks (llama_context::fastv_arch_supported,
+# see patches/); llama_fastv_begin returns -2 for the others.
+FASTV_ARCHITECTURES = ("llama", "qwen2vl", "gemma3")  # the graphs patches/ hooks
+GGUF_MAGIC = b"GGUF"
+
+# mmproj output size: (tensor name, axis of the shape that is n_embd), first match wins.
+# Mirrors clip_n_mmproj_embd() for the projectors of the presets.
+_MMPROJ_OUT = (
+    ("mm.2.weight", 1),  # llava 'mlp'
+    ("mm.model.fc.weight", 1),  # idefics3 (SmolVLM)
+    ("mm.input_projection.weight", 0),  # gemma3
+    ("mm.1.bias", 0),  # qwen2vl
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of a text GGUF."""
+
+    path: str
+    name: str
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_ctx_train: int
+    quantization: str
+    chat_template: str | None
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class MmprojInfo:
+    """Metadata of an mmproj (CLIP projector) GGUF."""
+
+    path: str
+    projector_type: str
+    n_embd_out: int | None  # None: projector type not in the table, mtmd checks it
+    image_size: int | None
+    has_vision: bool
+
+
+def _open_gguf(path: str | os.PathLike, what: str):
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{what} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r}): {path}")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError/IndexError/struct.error on damage
+        raise ModelLoadError(f"{what} is corrupt or truncated ({type(e).__name__}: {e}): {path}") from e
+
+
+def _field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """Read and check a text model's GGUF metadata.
+
+    Args:
+        path: the text GGUF.
+
+    Returns:
+        Its ModelInfo.
+
+    Raises:
+        ModelLoadError: missing, not GGUF, corrupt, or lacking the basic hyperparameters.
+    """
+    import gguf
+
+    reader = _open_gguf(path, "model")
+    arch = _field(reader, "general.architecture")
+    if not arch:
+        raise ModelLoadError(f"model has no general.architecture key: {path}")
+    if arch == "clip":
+        raise ModelLoadError(f"{path} is an mmproj (CLIP) file; pass it as --mmproj, not as the model")
+    n_layer = _field(reader, f"{arch}.block_count")
+    n_embd = _field(reader, f"{arch}.embedding_length")
+    if not n_layer or not n_embd:
+        raise ModelLoadError(f"model lacks {arch}.block_count / {arch}.embedding_length: {path}")
+    ftype = _field(reader, "general.file_type")
+    try:
+        quant = gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else "unknown"
+    except ValueError:
+        quant = f"file_type {ftype}"
+    n_ff = _field(reader, f"{arch}.feed_forward_length", 0)
+    return ModelInfo(
+        path=str(path),
+        name=str(_field(reader, "general.name", Path(path).stem)),
+        architecture=str(arch),
+        n_layer=int(n_layer),
+        n_embd=int(n_embd),
+        n_ff=int(n_ff[0] if isinstance(n_ff, list) else n_ff),  # per-layer lists: use layer 0
+        n_head=int(_field(reader, f"{arch}.attention.head_count", 0) or 0),
+        n_ctx_train=int(_field(reader, f"{arch}.context_length", 0) or 0),
+        quantization=quant,
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        size_bytes=Path(path).stat().st_size,
+    )
+
+
+def read_mmproj_info(path: str | os.PathLike) -> MmprojInfo:
+    """Read and check an mmproj GGUF.
+
+    Args:
+        path: the mmproj GGUF.
+
+    Returns:
+        Its MmprojInfo.
+
+    Raises:
+        ModelLoadError: missing, not GGUF, corrupt, not a CLIP projector or without vision.
+    """
+    reader = _open_gguf(path, "mmproj")
+    arch = _field(reader, "general.architecture")
+    if arch != "clip":
+        raise ModelLoadError(f"{path} is not an mmproj file (general.architecture={arch!r}, expected 'clip')")
+    has_vision = bool(_field(reader, "clip.has_vision_encoder", False))
+    if not has_vision:
+        raise ModelLoadError(f"mmproj has no vision encoder (clip.has_vision_encoder is false): {path}")
+    shapes = {t.name: [int(x) for x in t.shape] for t in reader.tensors}  # GGUF order: ne0, ne1, ...
+    n_out = next((shapes[n][axis] for n, axis in _MMPROJ_OUT if n in shapes), None)
+    proj = _field(reader, "clip.vision.projector_type") or _field(reader, "clip.projector_type") or "unknown"
+    size = _field(reader, "clip.vision.image_size")
+    return MmprojInfo(str(path), str(proj), n_out, int(size) if size else None, has_vision)
+
+
+def check_pair(info: ModelInfo, mmproj: MmprojInfo) -> None:
+    """Raise ModelLoadError when the projector's output size is not the model's n_embd."""
+    if mmproj.n_embd_out is not None and mmproj.n_embd_out != info.n_embd:
+        raise ModelLoadError(
+            f"mmproj {Path(mmproj.path).name} projects to n_embd={mmproj.n_embd_out} but model "
+            f"{Path(info.path).name} has n_embd={info.n_embd}; use the mmproj made for this model"
+        )
+
+
+def check_supported(info: ModelInfo, prune: PruneConfig) -> None:
+    """Refuse a pruning strategy on an architecture the FastV patch does not hook.
+
+    Raises:
+        UnsupportedModelError: naming the stock-path alternative.
+        ValueError: K outside [1, n_layer).
+    """
+    if prune.enabled and info.architecture not in FASTV_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"FastV does not support architecture {info.architecture!r} (supported: "
+            f"{', '.join(FASTV_ARCHITECTURES)}); run it unpruned with strategy 'none' (--strategy none)"
+        )
+    prune.check_layer(info.n_layer)
+
+
+class Model:
+    """A loaded text model + optional mmproj, the default pruning, and the chat template.
+
+    Use load() to build one; close() (or a with-block) frees the native handles.
+    """
+
+    def __init__(self, llm, mtmd_ctx, info: ModelInfo, mmproj: MmprojInfo | None,
+                 runtime: RuntimeConfig, prune: PruneConfig, template: str | None, template_origin: str,
+                 stack: ExitStack):
+        self.llm = llm  # llama_cpp.Llama: tokenizer, context, sampler pieces
+        self.mtmd_ctx = mtmd_ctx  # mtmd_context_p or None (text only)
+        self.info = info
+        self.mmproj = mmproj
+        self.runtime = runtime
+        self.prune = prune
+        self.template = template
+        self.template_origin = template_origin
+        self._stack = stack
+
+    @property
+    def ctx(self):
+        """The raw llama_context pointer."""
+        return self.llm._ctx.ctx
+
+    @property
+    def n_ctx(self) -> int:
+        """Context size in tokens (KV cells)."""
+        return self.llm.n_ctx()
+
+    @property
+    def marker(self) -> str:
+        """mtmd's media marker, the placeholder of an image in prompt text."""
+        import llama_cpp.mtmd_cpp as mtmd
+
+        return mtmd.mtmd_default_marker().decode("utf-8")
+
+    def close(self) -> None:
+        """Free the mtmd context, then the llama context and model."""
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _resolve_paths(model: str | os.PathLike, mmproj: str | os.PathLike | None):
+    """A preset name becomes its cached files; a path stays a path."""
+    text = os.fspath(model)
+    if not Path(text).exists() and "/" not in text and not text.endswith(".gguf"):
+        from . import hub
+
+        return hub.cached_files(text, mmproj)
+    return text, (os.fspath(mmproj) if mmproj is not None else None)
+
+
+def _init_mtmd(stack: ExitStack, llm, path: str, runtime: RuntimeConfig):
+    import llama_cpp
+    import llama_cpp.mtmd_cpp as mtmd
+    from llama_cpp import _logger
+
+    # route mtmd's logs through llama-cpp-python's logger so verbose=False silences them
+    mtmd.mtmd_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    mtmd.mtmd_helper_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu = runtime.n_gpu_layers != 0
+    params.print_timings = runtime.verbose
+    params.n_threads = llm.n_threads
+    params.flash_attn_type = (
+        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if runtime.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
+    ctx = mtmd.mtmd_init_from_file(path.encode(), llm.model, params)
+    if not ctx:
+        raise ModelLoadError(f"mtmd could not load the mmproj {path} (run with --debug/verbose for llama.cpp's log)")
+    stack.callback(mtmd.mtmd_free, ctx)
+    if not mtmd.mtmd_support_vision(ctx):
+        raise ModelLoadError(f"mmproj {path} has no vision support")
+    return ctx
+
+
+def load(
+    model: str | os.PathLike,
+    mmproj: str | os.PathLike | None = None,
+    *,
+    runtime: RuntimeConfig | None = None,
+    prune: PruneConfig | None = None,
+    template: str | None = None,
+) -> Model:
+    """Load a vision-language model for FastV generation.
+
+    Args:
+        model: text GGUF path, or a preset name (see `fastv-edge presets`; files come from
+            the Hugging Face cache filled by `fastv-edge pull NAME`).
+        mmproj: mmproj GGUF path (None with a preset: the preset's; None with a path: text only).
+        runtime: context settings (n_ctx, threads, batch sizes, flash attention).
+        prune: default pruning for requests that do not pass one; checked against the model.
+        template: chat template name or .jinja path, overriding the GGUF's.
+
+    Returns:
+        A Model. Close it (or use `with`) to free native memory.
+
+    Raises:
+        ModelLoadError: a file is missing, corrupt, or the pair does not match.
+        UnsupportedModelError: a pruning strategy on an architecture FastV does not support.
+        ValueError: K outside [1, n_layer).
+    """
+    runtime = runtime or RuntimeConfig()
+    prune = prune or PruneConfig()
+    model_path, mmproj_path = _resolve_paths(model, mmproj)
+    info = read_model_info(model_path)
+    mm_info = read_mmproj_info(mmproj_path) if mmproj_path else None
+    if mm_info is not None:
+        check_pair(info, mm_info)
+    check_supported(info, prune)
+    from .templates import resolve_template
+
+    try:
+        tpl, origin = resolve_template(info.chat_template, model_path, template)
+    except ValueError:
+        if template:  # an explicit template that does not exist is an error now
+            raise
+        tpl, origin = None, "none"  # raw prompts still work; applying a template raises then
+
+    from llama_cpp import Llama
+
+    stack = ExitStack()
+    try:
+        try:
+            llm = Llama(
+                model_path=model_path, n_ctx=runtime.n_ctx, n_batch=runtime.n_batch, n_ubatch=runtime.n_ubatch,
+                n_threads=runtime.n_threads, flash_attn=runtime.flash_attn, n_gpu_layers=runtime.n_gpu_layers,
+                verbose=runtime.verbose,
+            )
+        except ValueError as e:
+            raise ModelLoadError(f"llama.cpp could not load {model_path}: {e}") from e
+        stack.callback(llm.close)
+        mtmd_ctx = _init_mtmd(stack, llm, mmproj_path, runtime) if mmproj_path else None
+    except BaseException:
+        stack.close()
+        raise
+    return Model(llm, mtmd_ctx, info, mm_info, runtime, prune, tpl, origin, stack)

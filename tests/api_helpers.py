@@ -1,0 +1,29 @@
+"""Helpers (not fixtures) of the Python-API, chat, handler, CLI and bad-input tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _has_fastv() -> bool:
+    try:
+        from fastv_edge import _native
+    except Exception:  # no loadable libllama: the native tests are skipped by conftest anyway
+        return False
+    return _native.HAS_FASTV
+
+
+needs_fastv = pytest.mark.skipif(
+    not _has_fastv(),
+    reason="the loaded libllama has no llama_fastv_* symbols (stock build); "
+    "rebuild the patched one: python fastv_edge/native_build.py install",
+)
+
+
+def run_cli(env, *args, stdin: str | None = None, timeout: float = 120):
+    """Run `python -m fastv_edge ARGS`; returns the CompletedProcess (text mode)."""
+    return subprocess.run([sys.executable, "-m", "fastv_edge", *map(str, args)], input=stdin, env=env,
+                          capture_output=True, text=True, timeout=timeout)
