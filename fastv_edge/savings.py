@@ -46,7 +46,8 @@ class Runner:
 
         self.lc = llama_cpp
         llama_cpp.llama_backend_init()
-        self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), llama_cpp.llama_model_default_params())
+        mparams = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
         if not self.model:
             raise ValueError(f"llama.cpp could not load {model_path}")
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
@@ -178,7 +179,8 @@ def _read_n_ff(model_path: str) -> int:
 def format_table(result: dict) -> str:
     head = (f"{result['model']}: L={result['n_layer']} d={result['n_embd']} m={result['n_ff']} "
             f"n={result['n_tokens']} K={result['k']} threads={result['n_threads']} reps={result['reps']} (medians)")
-    lines = [head, f"{'R':>5} {'kept':>9} {'stock ms':>9} {'phase1 ms':>9} {'phase2 ms':>9} {'measured':>8} {'theory':>7}"]
+    cols = f"{'R':>5} {'kept':>9} {'stock ms':>9} {'phase1 ms':>9} {'phase2 ms':>9} {'measured':>8} {'theory':>7}"
+    lines = [head, cols]
     for r in result["rows"]:
         lines.append(f"{r['drop_ratio']:>5.2f} {r['n_kept']:>4}/{r['n_image']:<4} {r['stock_ms']:>9.1f} "
                      f"{r['shallow_ms']:>9.1f} {r['deep_ms']:>9.1f} {r['ratio']:>8.3f} {r['theory']:>7.3f}")

@@ -26,8 +26,9 @@ def native():
 
 @pytest.fixture(scope="module", params=["qwen2vl", "gemma3"])
 def arch(request, tiny_dir):
-    from models.make_tiny_archs import make_tiny_gemma3, make_tiny_qwen2vl
     from reference_archs import RefGemma3, RefQwen2VL
+
+    from models.make_tiny_archs import make_tiny_gemma3, make_tiny_qwen2vl
 
     if request.param == "qwen2vl":
         model = make_tiny_qwen2vl(tiny_dir)
