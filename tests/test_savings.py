@@ -18,7 +18,7 @@ def test_savings_script_reports_consistent_rows(tiny, tmp_path):
                          "--drop-ratio", "0.5", "--drop-ratio", "0.9", "--out", str(out)]) == 0
     [result] = json.loads(out.read_text())
     assert result["n_layer"] == 4 and result["k"] == 2
-    for row, r in zip(result["rows"], (0.5, 0.9)):
+    for row, r in zip(result["rows"], (0.5, 0.9), strict=True):
         assert row["n_kept"] == int(64 * (1 - r))
         for key in ("stock_ms", "shallow_ms", "deep_ms", "ratio"):
             assert math.isfinite(row[key]) and row[key] > 0
