@@ -15,20 +15,12 @@ import llama_cpp
 from llama_cpp._ctypes_extensions import ctypes_function_for_shared_library
 
 from .errors import NativeError, PatchMissingError
+from .native_info import FASTV_SYMBOLS
 
 _lib = llama_cpp.llama_cpp._lib
 _ctypes_function = ctypes_function_for_shared_library(_lib)
 
-SYMBOLS = (
-    "llama_fastv_begin",
-    "llama_fastv_finish",
-    "llama_fastv_finish_with_keep",
-    "llama_fastv_abort",
-    "llama_fastv_get_scores",
-    "llama_fastv_get_kept",
-    "llama_fastv_hide",
-    "llama_fastv_n_hidden",
-)
+SYMBOLS = FASTV_SYMBOLS
 HAS_FASTV = all(hasattr(_lib, name) for name in SYMBOLS)
 
 # enum llama_fastv_status

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .native_build import LLAMA_CPP_PYTHON_VERSION, STAMP_NAME
 
-# Mirrors _native.SYMBOLS, which cannot be imported without a loadable libllama.
+# The one list of the patch's symbols; _native binds them (it cannot load without libllama).
 FASTV_SYMBOLS = (
     "llama_fastv_begin",
     "llama_fastv_finish",

@@ -6,6 +6,7 @@ they are skipped, with the reason and the fix, when `import llama_cpp` fails.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def pytest_collection_modifyitems(config, items):
     error = _llama_cpp_import_error()
     if error is None:
         return
+    if os.environ.get("FASTV_EDGE_REQUIRE_NATIVE") == "1":  # CI: a missing library is a failure
+        raise pytest.UsageError(f"FASTV_EDGE_REQUIRE_NATIVE=1 but llama_cpp is not importable: {error}")
     skip = pytest.mark.skip(
         reason=f"llama_cpp not importable ({error}); build it: python fastv_edge/native_build.py install"
     )

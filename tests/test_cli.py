@@ -166,7 +166,7 @@ def test_ctrl_c_stops_the_answer_not_the_session(cli_env, tiny):
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastv_edge", "chat", "-m", tiny.llama_path, "--mmproj", tiny.mmproj_path,
-         "-c", "4096", "-t", "1", "-n", "4000", "--strategy", "none", "--quiet", "--temp", "1.0"],
+         "-c", "4096", "-t", "1", "-n", "4000", "--strategy", "none", "--quiet", "--temp", "0"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, text=True, bufsize=1,
     )
     try:
