@@ -52,6 +52,9 @@ class Runner:
             raise ValueError(f"llama.cpp could not load {model_path}")
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.n_layer = llama_cpp.llama_model_n_layer(self.model)
+        # M-RoPE (qwen2vl) embedding batches carry 4 position sections per row, as mtmd writes them
+        mrope = (llama_cpp.LLAMA_ROPE_TYPE_MROPE, llama_cpp.LLAMA_ROPE_TYPE_IMROPE)
+        self.n_pos = 4 if llama_cpp.llama_model_rope_type(self.model) in mrope else 1
         vocab = llama_cpp.llama_model_get_vocab(self.model)
         n_prompt = n_image + 64
         params = llama_cpp.llama_context_default_params()
@@ -75,16 +78,27 @@ class Runner:
     def _decode(self, n: int, p0: int, fill, embd: int, logits_last: bool) -> None:
         lc = self.lc
         batch = lc.llama_batch_init(n, embd, 1)
+        own_pos = ctypes.cast(batch.pos, ctypes.c_void_p).value  # llama_batch_free frees this one
         try:
             batch.n_tokens = n
             fill(batch)
+            if embd and self.n_pos > 1:
+                # a square-ish image grid at p0: (t, y, x, z) section-major, like mtmd for Qwen2-VL
+                nx = int(np.ceil(np.sqrt(n)))
+                i = np.arange(n)
+                pos = np.stack([np.full(n, p0), p0 + i // nx, p0 + i % nx, np.zeros(n, int)]).astype(np.int32)
+                pos_buf = (self.lc.llama_pos * pos.size).from_buffer_copy(pos.tobytes())  # (4, n)
+                batch.pos = ctypes.cast(pos_buf, ctypes.POINTER(self.lc.llama_pos))
             for i in range(n):
-                batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0] = p0 + i, 1, 0
+                if not (embd and self.n_pos > 1):
+                    batch.pos[i] = p0 + i
+                batch.n_seq_id[i], batch.seq_id[i][0] = 1, 0
                 batch.logits[i] = logits_last and i == n - 1
             rc = lc.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
         finally:
+            batch.pos = ctypes.cast(own_pos, ctypes.POINTER(self.lc.llama_pos))
             lc.llama_batch_free(batch)
 
     def _tokens(self, ids, p0, logits_last):
@@ -98,7 +112,11 @@ class Runner:
         self._tokens(self.pre, 0, False)
         self._decode(len(self.image), len(self.pre),
                      lambda b: ctypes.memmove(b.embd, self.image.ctypes.data, self.image.nbytes), self.n_embd, False)
-        self._tokens(self.post, len(self.pre) + len(self.image), True)
+        n_img = len(self.image)
+        nx = int(np.ceil(np.sqrt(n_img)))
+        # an M-RoPE image advances positions by its grid's longer side, 1-D positions by its length
+        advance = max(nx, -(-n_img // nx)) if self.n_pos > 1 else n_img
+        self._tokens(self.post, len(self.pre) + advance, True)
 
     def stock(self) -> float:
         self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)

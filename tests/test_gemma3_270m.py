@@ -58,3 +58,31 @@ def test_non_causal_image_prefill_and_decode(driver):
     np.testing.assert_array_equal(_prefill(driver, image, causal=False), logits)  # same calls, same bits
     causal = _prefill(driver, image, causal=True)
     assert np.abs(causal - logits).max() > 1e-3  # the image block really was bidirectional
+
+
+def test_fastv_on_real_weights(driver):
+    """R=0 equals stock, R=0.5 keeps the top half of the exported scores, decoding continues."""
+    from fastv_edge import _native
+
+    image = np.random.default_rng(1).standard_normal((N_IMAGE, driver.n_embd)).astype(np.float32)  # (256, 640)
+    stock = _prefill(driver, image, causal=False)
+
+    for drop_ratio in (0.0, 0.5):
+        driver.clear()
+        _native.begin(driver.ctx, 0, 2, drop_ratio)
+        driver.decode_tokens(driver.tokenize(HEAD, add_special=True), logits_last=False)
+        driver.decode_embd(image, causal=False)
+        driver.decode_tokens(driver.tokenize(TAIL))
+        _native.finish(driver.ctx)
+        scores, kept = np.array(_native.get_scores(driver.ctx)), _native.get_kept(driver.ctx)
+        logits = driver.logits()
+        assert len(scores) == N_IMAGE and np.isfinite(logits).all()
+        if drop_ratio == 0.0:
+            assert kept == list(range(N_IMAGE))
+            assert np.abs(logits - stock).max() <= 1e-6
+        else:
+            assert kept == sorted(np.argsort(-scores, kind="stable")[: N_IMAGE // 2].tolist())
+            assert _native.n_hidden(driver.ctx) == N_IMAGE // 2
+            for _ in range(4):
+                driver.decode_tokens([int(np.argmax(driver.logits()))])
+                assert np.isfinite(driver.logits()).all()

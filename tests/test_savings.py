@@ -24,3 +24,16 @@ def test_savings_script_reports_consistent_rows(tiny, tmp_path):
             assert math.isfinite(row[key]) and row[key] > 0
         assert 0 < row["theory"] < 1
     assert result["rows"][1]["theory"] < result["rows"][0]["theory"]
+
+
+def test_savings_script_on_an_mrope_model(tiny_dir, tmp_path):
+    """qwen2vl rows carry 4 position sections; the script must pass them (as mtmd does)."""
+    from fastv_edge import savings
+    from models.make_tiny_archs import make_tiny_qwen2vl
+
+    out = tmp_path / "savings.json"
+    model = make_tiny_qwen2vl(tiny_dir)
+    assert savings.main(["--model", str(model.path), "--n-image", "40", "--reps", "1",
+                         "--drop-ratio", "0.5", "--out", str(out)]) == 0
+    [result] = json.loads(out.read_text())
+    assert result["rows"][0]["n_kept"] == 20
