@@ -34,7 +34,8 @@ class Row:
     stock_ms: float
     shallow_ms: float
     deep_ms: float
-    ratio: float  # (shallow + deep) / stock, medians
+    ratio: float  # (shallow + deep) / stock, medians of wall time
+    cpu_ratio: float  # the same with process CPU time: robust to other load when n_threads=1
     theory: float  # paper eq. 5
 
 
@@ -118,16 +119,18 @@ class Runner:
         advance = max(nx, -(-n_img // nx)) if self.n_pos > 1 else n_img
         self._tokens(self.post, len(self.pre) + advance, True)
 
-    def stock(self) -> float:
+    def stock(self) -> tuple[float, float]:
+        """(wall ms, process CPU ms) of a stock prefill."""
         self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self._prompt()
         self.lc.llama_synchronize(self.ctx)
-        return (time.perf_counter() - t0) * 1e3
+        return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
 
-    def fastv(self, k: int, drop_ratio: float) -> tuple[float, float, int]:
+    def fastv(self, k: int, drop_ratio: float) -> tuple[float, float, float, int]:
+        """(phase-1 wall ms, phase-2 wall ms, total process CPU ms, n_kept) of a FastV prefill."""
         self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _native.begin(self.ctx, 0, k, drop_ratio)
         try:
             self._prompt()
@@ -138,8 +141,8 @@ class Runner:
             _native.abort(self.ctx)
             raise
         self.lc.llama_synchronize(self.ctx)
-        t2 = time.perf_counter()
-        return (t1 - t0) * 1e3, (t2 - t1) * 1e3, len(_native.get_kept(self.ctx))
+        t2, c2 = time.perf_counter(), time.process_time()
+        return (t1 - t0) * 1e3, (t2 - t1) * 1e3, (c2 - c0) * 1e3, len(_native.get_kept(self.ctx))
 
 
 def measure(model_path: str, *, k: int = 2, drop_ratios=(0.5, 0.75, 0.9), n_image: int = 576,
@@ -167,17 +170,20 @@ def measure(model_path: str, *, k: int = 2, drop_ratios=(0.5, 0.75, 0.9), n_imag
             for cfg in ["stock", *drop_ratios]:
                 value = runner.stock() if cfg == "stock" else runner.fastv(k, cfg)
                 if cfg != "stock":
-                    kept[cfg] = value[2]
+                    kept[cfg] = value[3]
                 if rep > 0:
                     samples[cfg].append(value)
-        stock_ms = statistics.median(samples["stock"])
+        stock_ms = statistics.median(s[0] for s in samples["stock"])
+        stock_cpu = statistics.median(s[1] for s in samples["stock"])
         rows = []
         for r in drop_ratios:
             shallow = statistics.median(s[0] for s in samples[r])
             deep = statistics.median(s[1] for s in samples[r])
+            cpu = statistics.median(s[2] for s in samples[r])
             theory = flops_ratio(runner.n_tokens, n_image, kept[r], n_layer=runner.n_layer, layer=k,
                                  n_embd=runner.n_embd, n_ff=n_ff)
-            rows.append(Row(r, n_image, kept[r], stock_ms, shallow, deep, (shallow + deep) / stock_ms, theory))
+            rows.append(Row(r, n_image, kept[r], stock_ms, shallow, deep, (shallow + deep) / stock_ms,
+                            cpu / stock_cpu, theory))
         return {"model": Path(model_path).name, "n_layer": runner.n_layer, "n_embd": runner.n_embd, "n_ff": n_ff,
                 "n_tokens": runner.n_tokens, "k": k, "n_threads": n_threads, "reps": reps,
                 "rows": [asdict(row) for row in rows]}
@@ -197,11 +203,13 @@ def _read_n_ff(model_path: str) -> int:
 def format_table(result: dict) -> str:
     head = (f"{result['model']}: L={result['n_layer']} d={result['n_embd']} m={result['n_ff']} "
             f"n={result['n_tokens']} K={result['k']} threads={result['n_threads']} reps={result['reps']} (medians)")
-    cols = f"{'R':>5} {'kept':>9} {'stock ms':>9} {'phase1 ms':>9} {'phase2 ms':>9} {'measured':>8} {'theory':>7}"
+    cols = (f"{'R':>5} {'kept':>9} {'stock ms':>9} {'phase1 ms':>9} {'phase2 ms':>9} {'wall':>6} {'cpu':>6} "
+            f"{'theory':>7}")
     lines = [head, cols]
     for r in result["rows"]:
         lines.append(f"{r['drop_ratio']:>5.2f} {r['n_kept']:>4}/{r['n_image']:<4} {r['stock_ms']:>9.1f} "
-                     f"{r['shallow_ms']:>9.1f} {r['deep_ms']:>9.1f} {r['ratio']:>8.3f} {r['theory']:>7.3f}")
+                     f"{r['shallow_ms']:>9.1f} {r['deep_ms']:>9.1f} {r['ratio']:>6.3f} {r['cpu_ratio']:>6.3f} "
+                     f"{r['theory']:>7.3f}")
     return "\n".join(lines)
 
 

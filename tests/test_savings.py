@@ -20,7 +20,7 @@ def test_savings_script_reports_consistent_rows(tiny, tmp_path):
     assert result["n_layer"] == 4 and result["k"] == 2
     for row, r in zip(result["rows"], (0.5, 0.9), strict=True):
         assert row["n_kept"] == int(64 * (1 - r))
-        for key in ("stock_ms", "shallow_ms", "deep_ms", "ratio"):
+        for key in ("stock_ms", "shallow_ms", "deep_ms", "ratio", "cpu_ratio"):
             assert math.isfinite(row[key]) and row[key] > 0
         assert 0 < row["theory"] < 1
     assert result["rows"][1]["theory"] < result["rows"][0]["theory"]
