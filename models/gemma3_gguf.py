@@ -23,7 +23,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from models.llama_gguf import Tokenizer, write_model_gguf
+from models.llama_gguf import Tokenizer, add_transformer_keys, write_model_gguf
 
 
 @dataclass(frozen=True)
@@ -123,12 +123,7 @@ def write_gemma3_gguf(
     """
 
     def add_keys(writer: gguf.GGUFWriter) -> None:
-        writer.add_block_count(hp.n_layer)
-        writer.add_context_length(hp.n_ctx_train)
-        writer.add_embedding_length(hp.n_embd)
-        writer.add_feed_forward_length(hp.n_ff)
-        writer.add_head_count(hp.n_head)
-        writer.add_head_count_kv(hp.n_head_kv)
+        add_transformer_keys(writer, hp)
         writer.add_key_length(hp.head_dim)
         writer.add_value_length(hp.head_dim)
         writer.add_rope_freq_base(hp.rope_freq_base)

@@ -151,6 +151,16 @@ def _encode(array: np.ndarray, qtype: gguf.GGMLQuantizationType, name: str) -> n
     return gguf.quants.quantize(array, qtype)  # uint8 (rows, bytes); writer recovers the shape
 
 
+def add_transformer_keys(writer: gguf.GGUFWriter, hp: LlamaHParams) -> None:
+    """The hyperparameter keys every decoder-only arch here shares (prefixed by the writer's arch)."""
+    writer.add_block_count(hp.n_layer)
+    writer.add_context_length(hp.n_ctx_train)
+    writer.add_embedding_length(hp.n_embd)
+    writer.add_feed_forward_length(hp.n_ff)
+    writer.add_head_count(hp.n_head)
+    writer.add_head_count_kv(hp.n_head_kv)
+
+
 def write_llama_gguf(
     path: str | Path,
     hp: LlamaHParams,
@@ -174,12 +184,7 @@ def write_llama_gguf(
     """
 
     def add_keys(writer: gguf.GGUFWriter) -> None:
-        writer.add_block_count(hp.n_layer)
-        writer.add_context_length(hp.n_ctx_train)
-        writer.add_embedding_length(hp.n_embd)
-        writer.add_feed_forward_length(hp.n_ff)
-        writer.add_head_count(hp.n_head)
-        writer.add_head_count_kv(hp.n_head_kv)
+        add_transformer_keys(writer, hp)
         writer.add_rope_dimension_count(hp.head_dim)
         writer.add_rope_freq_base(hp.rope_freq_base)
         writer.add_layer_norm_rms_eps(hp.rms_eps)

@@ -18,7 +18,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from models.llama_gguf import LlamaHParams, Tokenizer, write_model_gguf
+from models.llama_gguf import LlamaHParams, Tokenizer, add_transformer_keys, write_model_gguf
 from models.llama_gguf import tensor_shapes as llama_shapes
 
 
@@ -80,12 +80,7 @@ def write_qwen2vl_gguf(
     """
 
     def add_keys(writer: gguf.GGUFWriter) -> None:
-        writer.add_block_count(hp.n_layer)
-        writer.add_context_length(hp.n_ctx_train)
-        writer.add_embedding_length(hp.n_embd)
-        writer.add_feed_forward_length(hp.n_ff)
-        writer.add_head_count(hp.n_head)
-        writer.add_head_count_kv(hp.n_head_kv)
+        add_transformer_keys(writer, hp)
         writer.add_rope_dimension_count(hp.head_dim)  # qwen2vl.cpp asserts n_rot == head_dim
         writer.add_rope_dimension_sections([int(s) for s in hp.rope_sections])
         writer.add_rope_freq_base(hp.rope_freq_base)

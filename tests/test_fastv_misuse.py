@@ -169,7 +169,7 @@ def test_state_save_refused_while_hidden(drv, nv):
 @pytest.fixture(scope="module")
 def qwen2_path(tiny_dir):
     """A tiny text-only Qwen2 (arch qwen2): the patch has no stage hooks in that graph."""
-    from models.llama_gguf import write_model_gguf
+    from models.llama_gguf import add_transformer_keys, write_model_gguf
     from models.make_tiny_archs import random_qwen2vl_weights
     from models.qwen2vl_gguf import Qwen2VLHParams, tensor_shapes
 
@@ -177,12 +177,7 @@ def qwen2_path(tiny_dir):
     path = tiny_dir / "tiny-qwen2.gguf"
 
     def add_keys(writer):
-        writer.add_block_count(hp.n_layer)
-        writer.add_context_length(hp.n_ctx_train)
-        writer.add_embedding_length(hp.n_embd)
-        writer.add_feed_forward_length(hp.n_ff)
-        writer.add_head_count(hp.n_head)
-        writer.add_head_count_kv(hp.n_head_kv)
+        add_transformer_keys(writer, hp)
         writer.add_rope_freq_base(hp.rope_freq_base)
         writer.add_layer_norm_rms_eps(hp.rms_eps)
 
