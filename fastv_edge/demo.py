@@ -49,6 +49,18 @@ def easyvqa_question() -> tuple[str, str]:
     return easy_vqa.get_test_image_paths()[image_ids[0]], questions[0]
 
 
+def easyvqa_prompt(question: str, directory: Path = ROOT / "models" / "easyvqa") -> str:
+    """The exact prompt the model was trained on (prompt.json), for `run --raw`.
+
+    The chat-template path would join the media marker and the question without the
+    trained newline between them, so the demo sends the trained text as is.
+    """
+    import json
+
+    fmt = json.loads((directory / "prompt.json").read_text())
+    return fmt["before_image"] + fmt["media_marker"] + fmt["after_image"].format(question=question)
+
+
 def tiny_setup(workdir: Path) -> tuple[Path, Path, Path, str]:
     """Generate the tiny model pair and save scikit-image's astronaut photo."""
     sys.path.insert(0, str(ROOT))  # models/ is a folder of scripts in the source tree
@@ -75,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if found:
             (model, mmproj), (image, question) = found, easyvqa_question()
             print(f"demo: easy-VQA model {model.name} (trained weights), image {image}")
-            extra = ["-n", "8", "--system", "Answer with one word."]
+            print(f"      question: {question!r} (sent in the trained ChatML prompt, --raw)")
+            question, extra = easyvqa_prompt(question), ["-n", "8", "--raw"]
         else:
             model, mmproj, image, question = tiny_setup(workdir)
             print("demo: NOTE the tiny generated model has RANDOM weights: its answers are gibberish;")
