@@ -6,6 +6,7 @@ Commands:
   info     a model's metadata and whether the loaded library has the FastV symbols
   pull     download a preset's model and mmproj into the Hugging Face cache
   presets  list the known model presets
+  bench    speed, memory and fidelity of FastV vs stock across budgets and quantizations
 
 Flags mirror llama-mtmd-cli where they overlap (-m, --mmproj, --image, -p, -n, -t, -c, --temp,
 --seed). Pruning: -k K (layers that see every image token), -r R (share of image tokens
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(pull, json_flag=False)
     presets = sub.add_parser("presets", help="list model presets")
     _add_output_args(presets)
+    from .bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -208,7 +212,14 @@ def cmd_chat(args) -> int:
     return chat_loop(args)
 
 
-COMMANDS = {"run": cmd_run, "chat": cmd_chat, "info": cmd_info, "pull": cmd_pull, "presets": cmd_presets}
+def cmd_bench(args) -> int:
+    from .bench.cli import cmd_bench as run
+
+    return run(args)
+
+
+COMMANDS = {"run": cmd_run, "chat": cmd_chat, "info": cmd_info, "pull": cmd_pull, "presets": cmd_presets,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

