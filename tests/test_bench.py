@@ -217,3 +217,26 @@ def test_quick_fidelity_of_real_weights(quick_result, smollm2_path):
         assert rows[config]["kl"] == pytest.approx(0.0, abs=1e-6)
     for row in rows.values():
         assert 0 <= row["agreement"] <= 1 and row["kl"] >= 0
+
+
+@pytest.mark.native
+def test_given_image_and_prompt_replace_the_synthetic_ones(tiny, tmp_path):
+    from PIL import Image
+
+    from fastv_edge.bench import BenchSettings, ModelSpec, run_bench
+
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    spec = ModelSpec(
+        str(tiny.llama_path),
+        str(tiny.mmproj_path),
+        images=(str(picture),),
+        prompt="Look: <__media__>\nWhat colour is it?",
+    )
+    settings = BenchSettings(drop_ratios=(0.5,), strategies=("fastv",), reps=1, n_decode=2, n_threads=1, n_ctx=512)
+    result = run_bench([spec], settings, progress=False)
+    [model] = result["models"]
+    assert model["images"] == [str(picture)] and model["custom_prompt"] and model["n_images"] == 1
+    assert model["n_image_tokens"] == tiny.n_image_tokens
+    assert [r["config"] for r in result["rows"]] == ["stock", "fastv K=2 R=0.50"]
+    assert result["files"] == {}  # no out_dir, no files

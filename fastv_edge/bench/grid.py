@@ -19,13 +19,16 @@ class ModelSpec:
     """One text GGUF; with an mmproj the image goes through mtmd, without one a pseudo image is used.
 
     n_images: image chunks per prompt (SmolVLM's tiles: 17). pseudo_image_tokens: rows of the
-    pseudo image when there is no mmproj.
+    pseudo image when there is no mmproj. images / prompt: a real picture and question (e.g. an
+    easy-vqa test question) instead of the synthetic picture and the default prompt.
     """
 
     path: str
     mmproj: str | None = None
     n_images: int = 1
     pseudo_image_tokens: int = 576
+    images: tuple[str, ...] = ()  # image files instead of the synthetic picture (then n_images = len)
+    prompt: str | None = None  # raw prompt text with one media marker per image, instead of the default
 
     def __post_init__(self):
         if self.n_images < 1:

@@ -177,7 +177,7 @@ def format_table(result: dict) -> str:
     head = (
         f"{'config':<22} {'kept/N':>9} {'hid':>4} {'enc':>6} {'ph1':>7} {'ph2':>7} "
         f"{'prefill ms (min-max)':>21} {'ratio':>5} {'cpu':>5} {'theory':>6} {'TTFT ms':>8} {'x':>5} "
-        f"{'tok/s':>6} {'RSS MB':>7} {'agree':>5} {'KL':>7}"
+        f"{'tok/s':>6} {'RSS MB':>7} {'agree':>5} {'KL':>8}"
     )
     for m in result["models"]:
         rows = [r for r in result["rows"] if r["file"] == m["file"]]
@@ -198,7 +198,7 @@ def format_table(result: dict) -> str:
                 f"{rng:>21} {r['prefill_ratio']:>5.2f} {r['prefill_cpu_ratio']:>5.2f} {r['flops_ratio']:>6.2f} "
                 f"{tt['median']:>8.0f} {r['ttft_speedup']:>5.2f} {r['decode_tps']['median']:>6.1f} "
                 f"{r['peak_rss_mb']['median']:>7.0f} "
-                f"{_fmt(r['agreement'], '.2f'):>5} {_fmt(r['kl'], '.4f'):>7}"
+                f"{_fmt(r['agreement'], '.2f'):>5} {_fmt(r['kl'], '.2e'):>8}"
             )
         for note in m["notes"]:
             lines.append(f"  note: {note}")
@@ -237,7 +237,7 @@ def format_markdown(result: dict) -> str:
                 f"{pf['median']:.0f} ({pf['min']:.0f}-{pf['max']:.0f}) | {r['prefill_ratio']:.3f} | "
                 f"{r['prefill_cpu_ratio']:.3f} | {r['token_layer_ratio']:.3f} | {r['flops_ratio']:.3f} | "
                 f"{r['ttft_ms']['median']:.0f} | {r['ttft_speedup']:.2f}x | {r['decode_tps']['median']:.1f} | "
-                f"{r['peak_rss_mb']['median']:.0f} | {_fmt(r['agreement'], '.3f')} | {_fmt(r['kl'], '.4f')} |"
+                f"{r['peak_rss_mb']['median']:.0f} | {_fmt(r['agreement'], '.3f')} | {_fmt(r['kl'], '.2e')} |"
             )
         out.append("")
     return "\n".join(out)

@@ -21,7 +21,7 @@ import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
 from .. import _native
-from ..images import RGBImage
+from ..images import RGBImage, load_image
 from ..prefill import PrefillStats, TokenBatch, check_fits, prefill, tokenize
 from ..pruning import make_pruner
 
@@ -54,10 +54,13 @@ class MtmdWorkload:
 
     kind = "mtmd"
 
-    def __init__(self, model, n_images: int, seed: int):
+    def __init__(self, model, spec, seed: int):
         self.model = model
-        self.text = prompt_text(model.marker, n_images)
-        self.images = [synthetic_picture(seed + i) for i in range(n_images)]
+        if spec.images:
+            self.images = [load_image(path) for path in spec.images]
+        else:
+            self.images = [synthetic_picture(seed + i) for i in range(spec.n_images)]
+        self.text = prompt_text(model.marker, len(self.images)) if spec.prompt is None else spec.prompt
         with tokenize(model.llm, model.mtmd_ctx, self.text, self.images, add_special=True) as p:
             self.n_prompt_tokens, self.n_image_tokens = p.n_tokens, p.n_image_tokens
             check_fits(p, 0, model.n_ctx)
@@ -178,5 +181,7 @@ class PseudoWorkload:
 def make_workload(model, spec, seed: int):
     """MtmdWorkload when the model was loaded with an mmproj, else PseudoWorkload."""
     if model.mtmd_ctx is not None:
-        return MtmdWorkload(model, spec.n_images, seed)
+        return MtmdWorkload(model, spec, seed)
+    if spec.images or spec.prompt is not None:
+        raise ValueError("--image and --prompt need an mmproj (--mmproj); a pseudo image has neither")
     return PseudoWorkload(model, spec.pseudo_image_tokens, seed)
