@@ -1,0 +1,129 @@
+"""Accuracy of the shipped easy-vqa model against the pruning budget, through the patched llama.cpp.
+
+For each of the first --n test questions (a fixed, seeded sample of the easy-vqa test split)
+it answers with: the unpruned baseline, FastV at K in {1, 2, 3} x R in {25, 50, 75, 90} %, and
+seeded random pruning at the same budgets (K=2), and writes a JSON file per --shard. `--merge`
+joins the shards into a markdown table and a plot (accuracy vs kept image tokens).
+
+    python -m models.easyvqa.prune_eval --n 1000 --shard 0/2 --out /tmp/pe &   # one core each
+    python -m models.easyvqa.prune_eval --n 1000 --shard 1/2 --out /tmp/pe
+    python -m models.easyvqa.prune_eval --merge /tmp/pe --docs docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RATIOS = (0.25, 0.5, 0.75, 0.9)
+LAYERS = (1, 2, 3)
+N_IMAGE = 256
+
+
+def configs():
+    """(name, PruneConfig kwargs) of every evaluated setting, baseline first."""
+    out = [("baseline", {"strategy": "none"})]
+    for k in LAYERS:
+        out += [(f"fastv K={k} R={r:.2f}", {"layer": k, "drop_ratio": r}) for r in RATIOS]
+    out += [(f"random K=2 R={r:.2f}", {"layer": 2, "drop_ratio": r, "strategy": "random", "seed": 0})
+            for r in RATIOS]
+    return out
+
+
+def sample(n: int, seed: int = 0) -> list[int]:
+    """Indices of n test questions, a seeded sample spread over the whole split."""
+    import easy_vqa
+
+    total = len(easy_vqa.get_test_questions()[0])
+    return sorted(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False).tolist())
+
+
+def run_shard(n: int, shard: int, n_shards: int, out: Path, threads: int) -> Path:
+    import easy_vqa
+
+    import fastv_edge
+    from fastv_edge import PruneConfig, RuntimeConfig
+
+    prompt = json.loads((HERE / "prompt.json").read_text())
+    questions, answers, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    model = fastv_edge.load(HERE / "easyvqa-lm-q8_0.gguf", HERE / "easyvqa-mmproj-f32.gguf",
+                            runtime=RuntimeConfig(n_ctx=1024, n_threads=threads))
+    rows = []
+    t0 = time.perf_counter()
+    for qi in sample(n)[shard::n_shards]:
+        text = prompt["before_image"] + prompt["media_marker"] + prompt["after_image"].format(question=questions[qi])
+        row = {"q": qi, "label": answers[qi]}
+        for name, kwargs in configs():
+            row[name] = fastv_edge.generate(model, text, [paths[image_ids[qi]]], apply_template=False,
+                                            prune=PruneConfig(**kwargs), max_tokens=4).strip()
+        rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"shard-{shard}-of-{n_shards}.json"
+    path.write_text(json.dumps({"seconds": time.perf_counter() - t0, "rows": rows}))
+    return path
+
+
+def merge(out: Path, docs: Path) -> str:
+    rows = [r for p in sorted(out.glob("shard-*.json")) for r in json.loads(p.read_text())["rows"]]
+    acc = {name: float(np.mean([r[name] == r["label"] for r in rows])) for name, _ in configs()}
+    lines = [f"Accuracy on {len(rows)} easy-vqa test questions (seeded sample), shipped Q8_0 model, "
+             "greedy answers through the patched llama.cpp.", "",
+             "| kept image tokens | " + " | ".join(f"FastV K={k}" for k in LAYERS) + " | random K=2 |",
+             "|---|" + "---|" * (len(LAYERS) + 1),
+             f"| {N_IMAGE} (baseline) | " + " | ".join(f"{acc['baseline']:.3f}" for _ in range(len(LAYERS) + 1)) + " |"]
+    for r in RATIOS:
+        kept = int(N_IMAGE * (1 - r))
+        cells = [f"{acc[f'fastv K={k} R={r:.2f}']:.3f}" for k in LAYERS] + [f"{acc[f'random K=2 R={r:.2f}']:.3f}"]
+        lines.append(f"| {kept} (R={int(r * 100)}%) | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "easyvqa-accuracy.json").write_text(json.dumps({"n": len(rows), "accuracy": acc}, indent=2))
+    _plot(acc, docs / "img" / "easyvqa-accuracy.png")
+    return table
+
+
+def _plot(acc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = [N_IMAGE] + [int(N_IMAGE * (1 - r)) for r in RATIOS]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, keys in [(f"FastV K={k}", [f"fastv K={k} R={r:.2f}" for r in RATIOS]) for k in LAYERS] + \
+                        [("random K=2", [f"random K=2 R={r:.2f}" for r in RATIOS])]:
+        ax.plot(kept, [acc["baseline"]] + [acc[k] for k in keys], marker="o", label=label)
+    ax.set_xlabel("image tokens kept (of 256)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("easy-vqa: accuracy vs kept image tokens")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--shard", default="0/1", help="I/N: this process answers every N-th question from I")
+    parser.add_argument("--out", type=Path, default=Path("prune-eval"))
+    parser.add_argument("-t", "--threads", type=int, default=1)
+    parser.add_argument("--merge", type=Path, help="join the shards in this directory")
+    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    args = parser.parse_args(argv)
+    if args.merge:
+        print(merge(args.merge, args.docs))
+        return 0
+    i, n = (int(v) for v in args.shard.split("/"))
+    print(run_shard(args.n, i, n, args.out, args.threads))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
