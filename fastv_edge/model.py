@@ -30,10 +30,9 @@ GGUF_MAGIC = b"GGUF"
 # mmproj output size: (tensor name, axis of the shape that is n_embd), first match wins.
 # Mirrors clip_n_mmproj_embd() for the projectors of the presets.
 _MMPROJ_OUT = (
-    ("mm.2.weight", 1),  # llava 'mlp'
+    ("mm.2.weight", 1),  # llava 'mlp' and qwen2vl_merger (mm.0 -> GELU -> mm.2)
     ("mm.model.fc.weight", 1),  # idefics3 (SmolVLM)
     ("mm.input_projection.weight", 0),  # gemma3
-    ("mm.1.bias", 0),  # qwen2vl
 )
 
 

@@ -136,7 +136,7 @@ def _check_weights(hp: ClipHParams, weights: dict[str, np.ndarray]) -> None:
             raise ValueError(f"{name} has shape {weights[name].shape}, expected {shape}")
 
 
-def _encode(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+def encode_tensor(name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     array = np.ascontiguousarray(array, dtype=np.float32)
     if name == "v.patch_embd.weight":
         # ggml_conv_2d's im2col runs in the kernel's type; converters keep it F16 or F32
@@ -205,7 +205,7 @@ def write_mmproj_gguf(
     writer.add_key_value(gguf.Keys.ClipVision.IMAGE_STD, list(hp.image_std), gguf.GGUFValueType.ARRAY, f32)
     writer.add_key_value("clip.vision.feature_layer", [hp.n_blocks_run], gguf.GGUFValueType.ARRAY, i32)
     for tname in tensor_shapes(hp):
-        data = _encode(tname, weights[tname], qtype)
+        data = encode_tensor(tname, weights[tname], qtype)
         writer.add_tensor(tname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

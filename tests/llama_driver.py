@@ -341,6 +341,19 @@ class MtmdSession:
         ptr = m.mtmd_get_output_embd(self.ctx)
         return np.ctypeslib.as_array(ptr, shape=(n, self.driver.n_embd)).copy()
 
+    def chunk_tokens(self, index: int) -> list[int]:
+        """Token ids of text chunk `index` (as mtmd tokenized them, markers included)."""
+        m = self.mtmd
+        n = ctypes.c_size_t()
+        ptr = m.mtmd_input_chunk_get_tokens_text(m.mtmd_input_chunks_get(self.chunks, index), ctypes.byref(n))
+        return [int(ptr[i]) for i in range(n.value)]
+
+    def image_grid(self, index: int) -> tuple[int, int]:
+        """(nx, ny) token grid of image chunk `index` (M-RoPE positions follow it)."""
+        m = self.mtmd
+        tokens = m.mtmd_input_chunk_get_tokens_image(m.mtmd_input_chunks_get(self.chunks, index))
+        return m.mtmd_image_tokens_get_nx(tokens), m.mtmd_image_tokens_get_ny(tokens)
+
     def eval(self, n_batch: int = 512) -> None:
         """Decode every chunk into the driver's context (logits for the last token)."""
         new_n_past = llama_cpp.llama_pos(0)

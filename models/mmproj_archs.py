@@ -1,0 +1,205 @@
+"""Write tiny Qwen2-VL ('qwen2vl_merger') and Gemma 3 ('gemma3') mmproj GGUFs that mtmd loads.
+
+models/mmproj.py writes the LLaVA 'mlp' projector. These two are the projectors whose image
+tokens the text model handles differently, which is what FastV's qwen2vl and gemma3 paths
+must get right end to end:
+
+- qwen2vl_merger (tools/mtmd/models/qwen2vl.cpp): two patch kernels summed (the temporal
+  pair of Qwen2-VL's 3-D conv; a still image feeds both), a pre-norm ViT with 2-D M-RoPE and
+  no position table, v.post_ln (HF merger.ln_q), then each 2x2 block of patches is
+  concatenated and mapped by mm.0 -> GELU -> mm.2. mtmd resizes the image to a multiple of
+  2 * patch_size (aspect kept), so the token grid follows the image: an (nx, ny) grid whose
+  M-RoPE positions mtmd assigns per row and column.
+- gemma3 (tools/mtmd/models/siglip.cpp): a SigLIP ViT (learned positions, GELU, v.post_ln),
+  average pooling with a kernel of clip.vision.projector.scale_factor, RMS norm times
+  mm.soft_emb_norm.weight, then mm.input_projection.weight. mtmd resizes to image_size
+  squared and decodes the block with non-causal attention.
+
+Weights are random; no numpy reference of these encoders exists (they are stock mtmd, not
+FastV code): tests use mtmd's own output rows as the text model's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from models.llama_gguf import WEIGHT_TYPES
+from models.mmproj import encode_tensor
+
+PROJECTORS = ("qwen2vl_merger", "gemma3")
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Gemma 3's SigLIP preprocessing
+QWEN2VL_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2-VL uses OpenAI CLIP's statistics
+QWEN2VL_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class VisionHParams:
+    """Shape of a qwen2vl_merger or gemma3 vision tower + projector.
+
+    image_size: gemma3 - the fixed square input; qwen2vl - only the nominal size mtmd reports
+    (real images keep their aspect, between 8 and 4096 tokens).
+    merge: qwen2vl - the spatial merge (2 in every released model); gemma3 - the pooling
+    kernel (4 in the released models: 896 px / 14 px = 64 patches -> 16 x 16 = 256 tokens).
+    """
+
+    projector: str
+    image_size: int = 96
+    patch_size: int = 8
+    n_embd: int = 32
+    n_ff: int = 64  # must differ from n_embd: clip.cpp guesses a legacy up/down swap from it
+    n_head: int = 2
+    n_layer: int = 2
+    projection_dim: int = 64  # the text model's n_embd
+    merge: int = 2
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
+        for name in ("image_size", "patch_size", "n_embd", "n_ff", "n_head", "n_layer", "projection_dim", "merge"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_ff == self.n_embd:
+            raise ValueError(f"n_ff must differ from n_embd={self.n_embd} (clip.cpp swaps up/down)")
+        side = self.image_size // self.patch_size
+        if self.image_size % self.patch_size or side % self.merge:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of patch_size * merge = {self.patch_size * self.merge}"
+            )
+        if self.projector == "qwen2vl_merger" and ((self.n_embd // self.n_head) % 4 or self.merge != 2):
+            raise ValueError("qwen2vl_merger needs a head size divisible by 4 (2-D M-RoPE) and merge 2")
+
+    @property
+    def n_image_tokens(self) -> int:
+        """Tokens of an image_size x image_size image."""
+        return (self.image_size // self.patch_size // self.merge) ** 2
+
+
+def tensor_shapes(hp: VisionHParams) -> dict[str, tuple[int, ...]]:
+    """Numpy shapes of every tensor, keyed by GGUF name; a linear map is (n_out, n_in)."""
+    d, p = hp.n_embd, hp.patch_size
+    shapes: dict[str, tuple[int, ...]] = {"v.patch_embd.weight": (d, 3, p, p)}  # Conv2d (out, in, kh, kw)
+    if hp.projector == "qwen2vl_merger":
+        shapes["v.patch_embd.weight.1"] = (d, 3, p, p)  # second temporal slice of the 3-D conv
+    else:
+        shapes["v.patch_embd.bias"] = (d,)
+        shapes["v.position_embd.weight"] = ((hp.image_size // p) ** 2, d)
+    for il in range(hp.n_layer):
+        b = f"v.blk.{il}."
+        for norm in ("ln1", "ln2"):
+            shapes[f"{b}{norm}.weight"] = shapes[f"{b}{norm}.bias"] = (d,)
+        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            shapes[f"{b}{proj}.weight"] = (d, d)
+            shapes[f"{b}{proj}.bias"] = (d,)
+        shapes[b + "ffn_up.weight"], shapes[b + "ffn_up.bias"] = (hp.n_ff, d), (hp.n_ff,)
+        shapes[b + "ffn_down.weight"], shapes[b + "ffn_down.bias"] = (d, hp.n_ff), (d,)
+    shapes["v.post_ln.weight"] = shapes["v.post_ln.bias"] = (d,)
+    if hp.projector == "qwen2vl_merger":
+        d4 = d * hp.merge**2  # a 2x2 block of patches, concatenated
+        shapes["mm.0.weight"], shapes["mm.0.bias"] = (d4, d4), (d4,)
+        shapes["mm.2.weight"], shapes["mm.2.bias"] = (hp.projection_dim, d4), (hp.projection_dim,)
+    else:
+        shapes["mm.soft_emb_norm.weight"] = (d,)
+        # stored as HF keeps it, (vision, text): clip.cpp multiplies by its transpose
+        shapes["mm.input_projection.weight"] = (d, hp.projection_dim)
+    return shapes
+
+
+def random_vision_weights(hp: VisionHParams, seed: int, out_std: float = 1.0) -> dict[str, np.ndarray]:
+    """Deterministic random weights; out_std is the std of the projector's output rows."""
+    rng = np.random.default_rng([seed, 5])
+    weights = {}
+    for name, shape in tensor_shapes(hp).items():
+        if name.endswith(".bias"):
+            w = rng.standard_normal(shape) * 0.1
+        elif len(shape) == 1:  # norm scales
+            w = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name == "v.position_embd.weight":
+            w = rng.standard_normal(shape) * 0.5
+        elif name == "mm.input_projection.weight":  # applied to RMS-normalised rows of size d
+            w = rng.standard_normal(shape) * out_std * shape[0] ** -0.5
+        elif name == "mm.2.weight":
+            w = rng.standard_normal(shape) * out_std * shape[1] ** -0.5
+        else:  # fan-in scaling keeps every stage O(1)
+            w = rng.standard_normal(shape) * float(np.prod(shape[1:])) ** -0.5
+        weights[name] = w.astype(np.float32)
+    return weights
+
+
+def write_vision_mmproj(
+    path: str | Path, hp: VisionHParams, weights: dict[str, np.ndarray], weight_type: str = "f32",
+    name: str | None = None,
+) -> Path:
+    """Write a qwen2vl_merger or gemma3 mmproj GGUF for llama.cpp's mtmd.
+
+    Args:
+        path: output file.
+        hp: shape; hp.projection_dim must equal the text model's n_embd.
+        weights: arrays keyed by GGUF name, shapes as tensor_shapes(hp).
+        weight_type: 'f32', 'f16' or 'q8_0' for the linear weights (norms, biases and
+            position embeddings stay F32).
+        name: general.name (default tiny-<projector>-mmproj).
+
+    Returns:
+        The path written.
+    """
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight_type must be one of {sorted(WEIGHT_TYPES)}, got {weight_type!r}")
+    expected = tensor_shapes(hp)
+    bad = sorted(n for n in set(expected) | set(weights) if tuple(getattr(weights.get(n), "shape", ())) != expected.get(n))
+    if bad:
+        raise ValueError(f"weights do not match hparams: {bad[:5]}")
+    qtype, ftype = WEIGHT_TYPES[weight_type]
+    f32 = gguf.GGUFValueType.FLOAT32
+    qwen = hp.projector == "qwen2vl_merger"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), arch="clip")
+    w.add_type(gguf.GGUFType.MMPROJ)
+    w.add_name(name or f"tiny-{hp.projector}-mmproj")
+    w.add_file_type(ftype)
+    w.add_clip_has_vision_encoder(True)
+    w.add_clip_projector_type(hp.projector)
+    w.add_vision_image_size(hp.image_size)
+    w.add_vision_patch_size(hp.patch_size)
+    w.add_vision_embedding_length(hp.n_embd)
+    w.add_vision_feed_forward_length(hp.n_ff)
+    w.add_vision_block_count(hp.n_layer)
+    w.add_vision_head_count(hp.n_head)
+    w.add_vision_attention_layernorm_eps(hp.eps)
+    w.add_vision_projection_dim(hp.projection_dim)
+    w.add_vision_use_gelu(not qwen)  # Qwen2-VL's ViT uses quick-GELU, SigLIP GELU
+    mean, std = (QWEN2VL_MEAN, QWEN2VL_STD) if qwen else (SIGLIP_MEAN, SIGLIP_STD)
+    w.add_key_value(gguf.Keys.ClipVision.IMAGE_MEAN, list(mean), gguf.GGUFValueType.ARRAY, f32)
+    w.add_key_value(gguf.Keys.ClipVision.IMAGE_STD, list(std), gguf.GGUFValueType.ARRAY, f32)
+    if qwen:
+        w.add_uint32("clip.vision.spatial_merge_size", hp.merge)
+    else:
+        w.add_uint32("clip.vision.projector.scale_factor", hp.merge)
+    for tname in expected:
+        data = encode_tensor(tname, weights[tname], qtype)
+        w.add_tensor(tname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def make_tiny_vision_mmproj(out_dir: str | Path, projector: str, projection_dim: int, seed: int = 0,
+                            out_std: float = 1.0, **shape) -> tuple[Path, VisionHParams]:
+    """Write (or reuse) a tiny F32 projector of `projector` type for a text model of width projection_dim."""
+    hp = VisionHParams(projector=projector, projection_dim=projection_dim, **shape)
+    tag = "-".join(f"{k}{v}" for k, v in sorted(shape.items()))
+    path = Path(out_dir) / f"tiny-{projector}-mmproj-D{projection_dim}-{tag or 'default'}-o{out_std:g}-s{seed}.gguf"
+    if not path.is_file():
+        tmp = path.with_suffix(".partial")
+        write_vision_mmproj(tmp, hp, random_vision_weights(hp, seed, out_std))
+        tmp.replace(path)  # atomic: a crash never leaves a half-written cache hit
+    return path, hp
