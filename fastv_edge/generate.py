@@ -46,6 +46,7 @@ class GenerationResponse:
     generation_tokens: int = 0
     n_image_tokens: int = 0  # N
     n_kept: int = 0  # image tokens seen by layers >= K (== N when not pruned)
+    n_unranked: int = 0  # image tokens layer K-1 could not see (sliding window): ranked last
     encode_ms: float = 0.0  # vision encoder
     prefill_ms: float = 0.0  # LLM prefill, phases 1 + 2
     shallow_ms: float = 0.0  # phase 1: layers [0, K) over the whole prompt (whole prefill if stock)
@@ -135,7 +136,7 @@ def _stats_fields(model: Model, stats: PrefillStats, prune: PruneConfig) -> dict
         )
     return dict(
         prompt_tokens=stats.n_prompt_tokens, n_image_tokens=stats.n_image_tokens, n_kept=stats.n_kept,
-        encode_ms=stats.encode_ms, prefill_ms=stats.prefill_ms, shallow_ms=stats.shallow_ms,
+        n_unranked=stats.n_unranked, encode_ms=stats.encode_ms, prefill_ms=stats.prefill_ms, shallow_ms=stats.shallow_ms,
         deep_ms=stats.deep_ms, flops_ratio=ratio,
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class PrefillStats:
     deep_ms: float = 0.0  # phase 2: llama_fastv_finish
     pruned: bool = False
     kept: list[int] = field(default_factory=list)  # kept image-token indices (prompt order)
+    n_unranked: int = 0  # image tokens with exactly zero layer K-1 attention (outside a sliding window)
 
     @property
     def prefill_ms(self) -> float:
@@ -291,6 +293,8 @@ def prefill(
                 stats.deep_ms = (time.perf_counter() - t0) * 1e3
             stats.kept = _native.get_kept(ctx)
             stats.n_kept = len(stats.kept)
+            if prune.strategy == "fastv":
+                stats.n_unranked = _warn_unranked(_native.get_scores(ctx), prune.layer)
     except BaseException:
         if use_fastv:
             _native.abort(ctx)
@@ -314,6 +318,25 @@ def _decode_pieces(ctx, mtmd_ctx, prompt, batch, n_past, logits_last, stats, pro
             with progress(f"image {i_image}/{n_images}: encoding and decoding {piece.n_tokens} tokens"):
                 n_past = _decode_image(ctx, mtmd_ctx, piece, n_past, batch.n_batch, stats)
     return n_past
+
+
+def _warn_unranked(scores: list[float], layer: int) -> int:
+    """Warn when image tokens got exactly zero attention at layer K-1, and count them.
+
+    Softmax weights are never exactly 0 for a visible key; 0 means the key was masked: on a
+    sliding-window layer (Gemma 3's local layers), image tokens further back than the window
+    from the last prompt token. FastV cannot rank those; they go last, ties in index order.
+    """
+    n_zero = sum(1 for s in scores if s == 0.0)
+    if n_zero:
+        warnings.warn(
+            f"{n_zero} of {len(scores)} image tokens got no attention at layer {layer - 1} because they lie outside "
+            f"its sliding window; FastV ranks them last in index order. Pick a K whose layer K-1 attends globally "
+            f"(Gemma 3: K = 6, 12, ...; --layer) or shorten the text after the image",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return n_zero
 
 
 def _begin(ctx, layer: int, drop_ratio: float) -> None:

@@ -187,3 +187,26 @@ def test_reference_sees_a_wrong_layout(pair, native, llama_driver, photo):
     want, _ = run_ref(pair["ref"], [segments[0], (kind, rows, wrong), segments[2]], tokens, k=2,
                       keep=list(range(len(rows))))
     assert np.abs(got - want).max() > 1e-2
+
+
+def test_gemma3_warns_when_layer_k_minus_1_cannot_see_every_image_token(tiny_dir, photos):
+    """Window 16, pattern 3: layer 1 is local, layer 2 global. A long question pushes the image out of
+    layer 1's window: K=2 warns and counts the unranked tokens, K=3 (global layer 2) does not."""
+    import warnings
+
+    from models.make_tiny_archs import make_tiny_gemma3
+    from models.mmproj_archs import make_tiny_vision_mmproj
+
+    lm = make_tiny_gemma3(tiny_dir)
+    mmproj, hp = make_tiny_vision_mmproj(tiny_dir, "gemma3", lm.hparams.n_embd, out_std=2.5)
+    question = "Please describe the picture in detail, every object and every colour in it."
+    with fe.load(lm.path, mmproj, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=2)) as model:
+        with pytest.warns(RuntimeWarning, match="outside its sliding window"):
+            out = list(fe.stream_generate(model, question, [photos["coffee"]], max_tokens=1,
+                                          prune=fe.PruneConfig(layer=2, drop_ratio=0.5)))
+        assert 0 < out[-1].n_unranked <= hp.n_image_tokens
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = list(fe.stream_generate(model, question, [photos["coffee"]], max_tokens=1,
+                                          prune=fe.PruneConfig(layer=3, drop_ratio=0.5)))
+        assert out[-1].n_unranked == 0
