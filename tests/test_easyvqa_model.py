@@ -79,3 +79,24 @@ def test_fastv_answers_stay_valid(model, sample):
     print(f"\neasy-VQA FastV K=2 R=0.5: {correct}/{len(sample)} correct vs labels")
     invalid = [(i, g) for g, (i, *_) in zip(got, sample, strict=True) if g not in CLASSES]
     assert not invalid, f"FastV produced answers outside the 13 classes: {invalid}"
+
+
+def test_prune_eval_script_writes_a_sane_table(tmp_path):
+    """models/easyvqa/prune_eval.py on 3 questions in 2 shards: every config answered, merged table + plot."""
+    pytest.importorskip("easy_vqa")
+    from models.easyvqa import prune_eval
+
+    for shard in (0, 1):
+        prune_eval.run_shard(3, shard, 2, tmp_path / "shards", threads=2)
+    table = prune_eval.merge(tmp_path / "shards", tmp_path / "docs")
+    result = json.loads((tmp_path / "docs" / "easyvqa-accuracy.json").read_text())
+    names = [name for name, _ in prune_eval.configs()]
+    assert result["n"] == 3 and sorted(result["accuracy"]) == sorted(names) and len(names) == 17
+    assert all(0.0 <= acc <= 1.0 for acc in result["accuracy"].values())
+    assert result["accuracy"]["baseline"] >= 2 / 3  # 99.5% model: at most one miss in 3
+    assert (tmp_path / "docs" / "img" / "easyvqa-accuracy.png").stat().st_size > 0
+    assert "| 128 (R=50%) |" in table and "random K=2" in table
+    rows = [r for p in (tmp_path / "shards").glob("shard-*.json") for r in json.loads(p.read_text())["rows"]]
+    assert sorted(r["q"] for r in rows) == prune_eval.sample(3)
+    assert all(r[name] in CLASSES for r in rows for name in ("baseline", "fastv K=2 R=0.50"))
+    assert all(isinstance(r[name], str) for r in rows for name in names)
