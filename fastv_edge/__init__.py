@@ -29,13 +29,28 @@ except (ImportError, OSError, RuntimeError) as _error:  # libllama missing or no
             )
         raise AttributeError(f"module 'fastv_edge' has no attribute {name!r}")
 
+
 try:
     __version__ = version("fastv-edge")
 except PackageNotFoundError:  # a source checkout that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "load", "Model", "generate", "stream_generate", "GenerationResponse", "ChatSession", "FastVChatHandler",
-    "PruneConfig", "RuntimeConfig", "SamplingConfig", "native_info", "__version__",
-    "FastVEdgeError", "ModelLoadError", "PatchMissingError", "UnsupportedModelError", "ContextOverflowError",
+    "load",
+    "Model",
+    "generate",
+    "stream_generate",
+    "GenerationResponse",
+    "ChatSession",
+    "FastVChatHandler",
+    "PruneConfig",
+    "RuntimeConfig",
+    "SamplingConfig",
+    "native_info",
+    "__version__",
+    "FastVEdgeError",
+    "ModelLoadError",
+    "PatchMissingError",
+    "UnsupportedModelError",
+    "ContextOverflowError",
 ]

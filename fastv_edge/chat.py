@@ -34,8 +34,16 @@ class ChatSession:
         progress: progress hook for slow steps.
     """
 
-    def __init__(self, model: Model, *, prune: PruneConfig | None = None, sampling: SamplingConfig | None = None,
-                 system: str | None = None, max_tokens: int = 256, progress: Progress = _no_progress):
+    def __init__(
+        self,
+        model: Model,
+        *,
+        prune: PruneConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        system: str | None = None,
+        max_tokens: int = 256,
+        progress: Progress = _no_progress,
+    ):
         self.model = model
         self.prune = prune or model.prune
         self.prune.check_layer(model.info.n_layer)
@@ -69,9 +77,7 @@ class ChatSession:
         if rendered.startswith(cached):
             return rendered[len(cached) :]
         if not rendered.startswith(self._prompt_text):
-            raise ValueError(
-                "the chat template rewrites earlier turns, so the cache cannot be reused; call reset()"
-            )
+            raise ValueError("the chat template rewrites earlier turns, so the cache cannot be reused; call reset()")
         # the template re-renders the answer differently (e.g. trims it): decode its text again
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.model.ctx), 0, self._answer_start, -1)
         self._cursor.n_used -= len(self._cursor.decoded)
@@ -79,8 +85,13 @@ class ChatSession:
         self._cursor.decoded = []
         return rendered[len(self._prompt_text) :]
 
-    def send(self, text: str, images: Sequence[ImageInput] = (), *, max_tokens: int | None = None,
-             ) -> Iterator[GenerationResponse]:
+    def send(
+        self,
+        text: str,
+        images: Sequence[ImageInput] = (),
+        *,
+        max_tokens: int | None = None,
+    ) -> Iterator[GenerationResponse]:
         """Add a user turn and stream the answer.
 
         Args:
@@ -103,9 +114,16 @@ class ChatSession:
         answer: list[str] = []
         with tokenize(self.model.llm, self.model.mtmd_ctx, suffix, decoded, add_special=first) as prompt:
             self._cursor.decoded = []
-            stream = respond(self.model, prompt, self._cursor, prune=self.prune,
-                             max_tokens=max_tokens or self.max_tokens, sampling=self.sampling,
-                             progress=self.progress, t_start=t_start)
+            stream = respond(
+                self.model,
+                prompt,
+                self._cursor,
+                prune=self.prune,
+                max_tokens=max_tokens or self.max_tokens,
+                sampling=self.sampling,
+                progress=self.progress,
+                t_start=t_start,
+            )
             try:
                 for response in stream:
                     if not answer:  # the prefill succeeded: this turn is now part of the cache

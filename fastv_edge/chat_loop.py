@@ -75,8 +75,14 @@ def chat_loop(args) -> int:
             pass
     steps = SlowSteps(not args.quiet)
     with load_from_args(args, steps) as model:
-        session = ChatSession(model, prune=model.prune, sampling=SamplingConfig(temp=args.temp, seed=args.seed),
-                              system=args.system, max_tokens=args.n_predict, progress=steps)
+        session = ChatSession(
+            model,
+            prune=model.prune,
+            sampling=SamplingConfig(temp=args.temp, seed=args.seed),
+            system=args.system,
+            max_tokens=args.n_predict,
+            progress=steps,
+        )
         pending = [load_image(p) for p in args.image]
         if interactive:
             print(f"fastv-edge chat ({model.prune.describe()}); {HELP}", flush=True)

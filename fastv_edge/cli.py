@@ -81,8 +81,12 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("-r", "--drop-ratio", type=float, help="FastV R: share of image tokens dropped (default 0.5)")
     budget.add_argument("--keep", type=int, help="number of image tokens kept (instead of -r)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="fastv",
-                   help="fastv (default), random (seeded baseline) or none (stock llama.cpp)")
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="fastv",
+        help="fastv (default), random (seeded baseline) or none (stock llama.cpp)",
+    )
 
 
 def _add_output_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -94,8 +98,9 @@ def _add_output_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of `fastv-edge` (its module docstring is the description)."""
-    parser = argparse.ArgumentParser(prog="fastv-edge", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fastv-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="answer one prompt about images")
     _add_model_args(run)
@@ -127,16 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prune_from_args(args) -> PruneConfig:
     """PruneConfig from the -k/-r/--keep/--strategy/--seed flags."""
-    return PruneConfig(layer=args.layer, drop_ratio=args.drop_ratio, keep=args.keep,
-                       strategy=args.strategy, seed=args.seed)
+    return PruneConfig(
+        layer=args.layer, drop_ratio=args.drop_ratio, keep=args.keep, strategy=args.strategy, seed=args.seed
+    )
 
 
 def load_from_args(args, steps: SlowSteps):
     """Load the model named by the common flags."""
     from .model import load
 
-    runtime = RuntimeConfig(n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
-                            n_ubatch=args.ubatch_size, flash_attn=args.flash_attn, verbose=args.verbose)
+    runtime = RuntimeConfig(
+        n_ctx=args.ctx_size,
+        n_threads=args.threads,
+        n_batch=args.batch_size,
+        n_ubatch=args.ubatch_size,
+        flash_attn=args.flash_attn,
+        verbose=args.verbose,
+    )
     prune = prune_from_args(args)
     with steps(f"loading {args.model}"):
         return load(args.model, args.mmproj, runtime=runtime, prune=prune, template=args.chat_template)
@@ -145,9 +157,11 @@ def load_from_args(args, steps: SlowSteps):
 def format_stats(r, prune: PruneConfig) -> str:
     """One line of request statistics."""
     pruning = f"kept {r.n_kept}/{r.n_image_tokens} image tokens ({prune.describe()})"
-    return (f"[{pruning} | encode {r.encode_ms:.0f} ms | prefill {r.prefill_ms:.0f} ms "
-            f"(shallow {r.shallow_ms:.0f} + deep {r.deep_ms:.0f}) | ttft {r.ttft_ms:.0f} ms | "
-            f"{r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}]")
+    return (
+        f"[{pruning} | encode {r.encode_ms:.0f} ms | prefill {r.prefill_ms:.0f} ms "
+        f"(shallow {r.shallow_ms:.0f} + deep {r.deep_ms:.0f}) | ttft {r.ttft_ms:.0f} ms | "
+        f"{r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}]"
+    )
 
 
 def cmd_run(args) -> int:
@@ -158,8 +172,17 @@ def cmd_run(args) -> int:
     with load_from_args(args, steps) as model:
         sampling = SamplingConfig(temp=args.temp, seed=args.seed)
         last, text = None, []
-        for r in stream_generate(model, prompt, args.image, prune=model.prune, max_tokens=args.n_predict,
-                                 sampling=sampling, system=args.system, progress=steps, apply_template=not args.raw):
+        for r in stream_generate(
+            model,
+            prompt,
+            args.image,
+            prune=model.prune,
+            max_tokens=args.n_predict,
+            sampling=sampling,
+            system=args.system,
+            progress=steps,
+            apply_template=not args.raw,
+        ):
             last = r
             text.append(r.text)
             if not args.json:
@@ -218,8 +241,14 @@ def cmd_bench(args) -> int:
     return run(args)
 
 
-COMMANDS = {"run": cmd_run, "chat": cmd_chat, "info": cmd_info, "pull": cmd_pull, "presets": cmd_presets,
-            "bench": cmd_bench}
+COMMANDS = {
+    "run": cmd_run,
+    "chat": cmd_chat,
+    "info": cmd_info,
+    "pull": cmd_pull,
+    "presets": cmd_presets,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

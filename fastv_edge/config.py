@@ -46,9 +46,7 @@ class PruneConfig:
         if not _is_int(self.layer) or self.layer < 1:
             raise ValueError(f"layer K must be an integer >= 1, got {self.layer!r}")
         if self.drop_ratio is not None and self.keep is not None:
-            raise ValueError(
-                f"give drop_ratio or keep, not both (drop_ratio={self.drop_ratio}, keep={self.keep})"
-            )
+            raise ValueError(f"give drop_ratio or keep, not both (drop_ratio={self.drop_ratio}, keep={self.keep})")
         if self.keep is None and self.drop_ratio is None:
             object.__setattr__(self, "drop_ratio", DEFAULT_DROP_RATIO)
         if self.drop_ratio is not None:
@@ -74,8 +72,7 @@ class PruneConfig:
         """
         if self.enabled and not 1 <= self.layer < n_layer:
             raise ValueError(
-                f"layer K must be in [1, {n_layer - 1}] for a model with {n_layer} layers, "
-                f"got {self.layer}"
+                f"layer K must be in [1, {n_layer - 1}] for a model with {n_layer} layers, got {self.layer}"
             )
 
     def describe(self) -> str:

@@ -96,10 +96,28 @@ def main(argv: list[str] | None = None) -> int:
             extra = ["-n", "16"]
         rc = 0
         for label, flags in RUNS:
-            print(f"\n== {label}: fastv-edge run -m {model.name} --mmproj {mmproj.name} --image {Path(image).name} "
-                  f"-p {question!r} {' '.join(flags)}", flush=True)
-            rc = cli_main(["run", "-m", str(model), "--mmproj", str(mmproj), "--image", str(image),
-                           "-p", question, "-c", "1024", *extra, *flags])
+            print(
+                f"\n== {label}: fastv-edge run -m {model.name} --mmproj {mmproj.name} --image {Path(image).name} "
+                f"-p {question!r} {' '.join(flags)}",
+                flush=True,
+            )
+            rc = cli_main(
+                [
+                    "run",
+                    "-m",
+                    str(model),
+                    "--mmproj",
+                    str(mmproj),
+                    "--image",
+                    str(image),
+                    "-p",
+                    question,
+                    "-c",
+                    "1024",
+                    *extra,
+                    *flags,
+                ]
+            )
             if rc != 0:
                 return rc
         return rc

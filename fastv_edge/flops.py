@@ -24,9 +24,7 @@ def layer_flops(n: int, d: int, m: int) -> float:
     return 4.0 * n * d * d + 2.0 * n * n * d + 2.0 * n * d * m
 
 
-def flops_ratio(
-    n_tokens: int, n_image: int, n_kept: int, *, n_layer: int, layer: int, n_embd: int, n_ff: int
-) -> float:
+def flops_ratio(n_tokens: int, n_image: int, n_kept: int, *, n_layer: int, layer: int, n_embd: int, n_ff: int) -> float:
     """Share of the stock prefill FLOPs that FastV spends (1.0 = no saving).
 
     Args:

@@ -130,20 +130,37 @@ def _stats_fields(model: Model, stats: PrefillStats, prune: PruneConfig) -> dict
     ratio = 1.0
     if stats.pruned:
         ratio = flops_ratio(
-            stats.n_prompt_tokens, stats.n_image_tokens, stats.n_kept,
-            n_layer=model.info.n_layer, layer=prune.layer, n_embd=model.info.n_embd,
+            stats.n_prompt_tokens,
+            stats.n_image_tokens,
+            stats.n_kept,
+            n_layer=model.info.n_layer,
+            layer=prune.layer,
+            n_embd=model.info.n_embd,
             n_ff=model.info.n_ff or 4 * model.info.n_embd,  # GGUFs without the key: the usual 4d
         )
     return dict(
-        prompt_tokens=stats.n_prompt_tokens, n_image_tokens=stats.n_image_tokens, n_kept=stats.n_kept,
-        n_unranked=stats.n_unranked, encode_ms=stats.encode_ms, prefill_ms=stats.prefill_ms, shallow_ms=stats.shallow_ms,
-        deep_ms=stats.deep_ms, flops_ratio=ratio,
+        prompt_tokens=stats.n_prompt_tokens,
+        n_image_tokens=stats.n_image_tokens,
+        n_kept=stats.n_kept,
+        n_unranked=stats.n_unranked,
+        encode_ms=stats.encode_ms,
+        prefill_ms=stats.prefill_ms,
+        shallow_ms=stats.shallow_ms,
+        deep_ms=stats.deep_ms,
+        flops_ratio=ratio,
     )
 
 
 def respond(
-    model: Model, prompt: Prompt, cursor: Cursor, *, prune: PruneConfig, max_tokens: int,
-    sampling: SamplingConfig, progress: Progress = _no_progress, t_start: float | None = None,
+    model: Model,
+    prompt: Prompt,
+    cursor: Cursor,
+    *,
+    prune: PruneConfig,
+    max_tokens: int,
+    sampling: SamplingConfig,
+    progress: Progress = _no_progress,
+    t_start: float | None = None,
 ) -> Iterator[GenerationResponse]:
     """Prefill `prompt` at the cursor, then stream the answer (shared by generate and chat).
 
@@ -167,8 +184,14 @@ def respond(
     vocab = llama_cpp.llama_model_get_vocab(model.llm.model)
     with TokenBatch(model.llm.n_batch) as batch:  # Llama clamps n_batch to n_ctx
         cursor.n_past, stats = prefill(
-            model.ctx, model.mtmd_ctx, prompt, batch, n_past=cursor.n_past,
-            n_ubatch=llama_cpp.llama_n_ubatch(model.ctx), prune=prune, progress=progress,
+            model.ctx,
+            model.mtmd_ctx,
+            prompt,
+            batch,
+            n_past=cursor.n_past,
+            n_ubatch=llama_cpp.llama_n_ubatch(model.ctx),
+            prune=prune,
+            progress=progress,
         )
         cursor.n_used += prompt.n_tokens
         fields = _stats_fields(model, stats, prune)
@@ -190,8 +213,9 @@ def _stream(model, cursor, sampler, batch, vocab, decoder, fields, max_tokens, t
             t_first = now
             fields["ttft_ms"] = (now - t_start) * 1e3
         if llama_cpp.llama_vocab_is_eog(vocab, token):
-            yield GenerationResponse(text=decoder.decode(b"", final=True), token=token, generation_tokens=n,
-                                     finish_reason="stop", **fields)
+            yield GenerationResponse(
+                text=decoder.decode(b"", final=True), token=token, generation_tokens=n, finish_reason="stop", **fields
+            )
             return
         n += 1
         fields["decode_tps"] = (n - 1) / (now - t_first) if n > 1 and now > t_first else 0.0
@@ -199,14 +223,16 @@ def _stream(model, cursor, sampler, batch, vocab, decoder, fields, max_tokens, t
         full = n >= max_tokens or cursor.n_used >= model.n_ctx
         if full:
             text += decoder.decode(b"", final=True)
-        yield GenerationResponse(text=text, token=token, generation_tokens=n,
-                                 finish_reason="length" if full else None, **fields)
+        yield GenerationResponse(
+            text=text, token=token, generation_tokens=n, finish_reason="length" if full else None, **fields
+        )
         if full:
             return
 
 
-def build_prompt(model: Model, prompt: str, n_images: int, *, apply_template: bool = True,
-                 system: str | None = None) -> str:
+def build_prompt(
+    model: Model, prompt: str, n_images: int, *, apply_template: bool = True, system: str | None = None
+) -> str:
     """Prompt text for one user turn: images first (as media markers), then the text.
 
     Args:
@@ -246,14 +272,28 @@ def render_chat(model: Model, messages: list[dict], add_generation_prompt: bool 
     eos = piece(llm.token_eos()) if llm.token_eos() >= 0 else ""
     # mtmd adds BOS when the vocabulary asks for it; a second one from the template would double it
     strip = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
-    return render(model.template, messages, marker=model.marker, bos_token=bos, eos_token=eos,
-                  add_generation_prompt=add_generation_prompt, strip_bos=strip)
+    return render(
+        model.template,
+        messages,
+        marker=model.marker,
+        bos_token=bos,
+        eos_token=eos,
+        add_generation_prompt=add_generation_prompt,
+        strip_bos=strip,
+    )
 
 
 def stream_generate(
-    model: Model, prompt: str, images: Sequence[ImageInput] = (), *, prune: PruneConfig | None = None,
-    max_tokens: int = 256, sampling: SamplingConfig | None = None, apply_template: bool = True,
-    system: str | None = None, progress: Progress = _no_progress,
+    model: Model,
+    prompt: str,
+    images: Sequence[ImageInput] = (),
+    *,
+    prune: PruneConfig | None = None,
+    max_tokens: int = 256,
+    sampling: SamplingConfig | None = None,
+    apply_template: bool = True,
+    system: str | None = None,
+    progress: Progress = _no_progress,
 ) -> Iterator[GenerationResponse]:
     """Answer one prompt about zero or more images, streaming.
 
@@ -283,8 +323,16 @@ def stream_generate(
     model.llm.reset()
     llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(model.ctx), True)
     with tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=True) as tokens:
-        yield from respond(model, tokens, Cursor(), prune=prune, max_tokens=max_tokens,
-                           sampling=sampling, progress=progress, t_start=t_start)
+        yield from respond(
+            model,
+            tokens,
+            Cursor(),
+            prune=prune,
+            max_tokens=max_tokens,
+            sampling=sampling,
+            progress=progress,
+            t_start=t_start,
+        )
 
 
 def generate(model: Model, prompt: str, images: Sequence[ImageInput] = (), **kwargs) -> str:

@@ -33,9 +33,25 @@ from .templates import render, resolve_template
 
 # create_completion arguments the handler passes through unchanged
 _COMPLETION_KEYS = (
-    "temperature", "top_p", "top_k", "min_p", "typical_p", "stream", "stop", "seed", "max_tokens",
-    "presence_penalty", "frequency_penalty", "repeat_penalty", "tfs_z", "mirostat_mode", "mirostat_tau",
-    "mirostat_eta", "model", "logits_processor", "logit_bias",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "stream",
+    "stop",
+    "seed",
+    "max_tokens",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "tfs_z",
+    "mirostat_mode",
+    "mirostat_tau",
+    "mirostat_eta",
+    "model",
+    "logits_processor",
+    "logit_bias",
 )
 
 
@@ -51,8 +67,15 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         use_gpu: run the vision encoder on the GPU when there is one.
     """
 
-    def __init__(self, clip_model_path: str, *, prune: PruneConfig | None = None, template: str | None = None,
-                 verbose: bool = True, use_gpu: bool = True):
+    def __init__(
+        self,
+        clip_model_path: str,
+        *,
+        prune: PruneConfig | None = None,
+        template: str | None = None,
+        verbose: bool = True,
+        use_gpu: bool = True,
+    ):
         read_mmproj_info(clip_model_path)  # ModelLoadError now, not a NULL from mtmd later
         super().__init__(clip_model_path, verbose=verbose, use_gpu=use_gpu)
         self.prune = prune or PruneConfig()
@@ -85,10 +108,14 @@ class FastVChatHandler(lcf.MTMDChatHandler):
     def _render(self, llama, messages, **template_vars) -> str:
         vocab = llama_cpp.llama_model_get_vocab(llama.model)
         text = render(
-            self._get_chat_template(llama), messages, marker=llama_cpp.mtmd_cpp.mtmd_default_marker().decode(),
+            self._get_chat_template(llama),
+            messages,
+            marker=llama_cpp.mtmd_cpp.mtmd_default_marker().decode(),
             bos_token=llama.detokenize([llama.token_bos()], special=True).decode("utf-8", "replace"),
             eos_token=llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "replace"),
-            add_generation_prompt=True, strip_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)), **template_vars,
+            add_generation_prompt=True,
+            strip_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+            **template_vars,
         )
         if self.verbose:
             print(text, file=sys.stderr)
@@ -102,14 +129,32 @@ class FastVChatHandler(lcf.MTMDChatHandler):
             check_fits(prompt, 0, llama.n_ctx())
             with TokenBatch(llama.n_batch) as batch:
                 n_past, self.last_stats = prefill(
-                    llama._ctx.ctx, self.mtmd_ctx, prompt, batch, n_past=0,
-                    n_ubatch=llama_cpp.llama_n_ubatch(llama._ctx.ctx), prune=self.prune,
+                    llama._ctx.ctx,
+                    self.mtmd_ctx,
+                    prompt,
+                    batch,
+                    n_past=0,
+                    n_ubatch=llama_cpp.llama_n_ubatch(llama._ctx.ctx),
+                    prune=self.prune,
                 )
             _sync_llama(llama, prompt, n_past)
         return llama.input_ids[: llama.n_tokens].tolist()
 
-    def __call__(self, *, llama, messages, functions=None, function_call=None, tools=None, tool_choice=None,
-                 response_format=None, grammar=None, logprobs=None, top_logprobs=None, **kwargs):
+    def __call__(
+        self,
+        *,
+        llama,
+        messages,
+        functions=None,
+        function_call=None,
+        tools=None,
+        tool_choice=None,
+        response_format=None,
+        grammar=None,
+        logprobs=None,
+        top_logprobs=None,
+        **kwargs,
+    ):
         """Evaluate the conversation with FastV and complete it (the chat handler protocol).
 
         Args:
@@ -124,8 +169,9 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         self._init_mtmd_context(llama)
         self._check_model(llama)
         images = [load_image(self.load_image(url)) for url in self.get_image_urls(messages)]
-        text = self._render(llama, messages, functions=functions, function_call=function_call,
-                            tools=tools, tool_choice=tool_choice)
+        text = self._render(
+            llama, messages, functions=functions, function_call=function_call, tools=tools, tool_choice=tool_choice
+        )
         prompt = self._evaluate(llama, text, images)
         if response_format is not None and response_format.get("type") == "json_object":
             grammar = lcf._grammar_for_response_format(response_format)
@@ -136,7 +182,9 @@ class FastVChatHandler(lcf.MTMDChatHandler):
             )
         stream = kwargs.get("stream", False)
         completion = llama.create_completion(
-            prompt=prompt, grammar=grammar, logprobs=top_logprobs if logprobs else None,
+            prompt=prompt,
+            grammar=grammar,
+            logprobs=top_logprobs if logprobs else None,
             **{k: kwargs[k] for k in _COMPLETION_KEYS if k in kwargs},
         )
         if tool is not None:

@@ -53,8 +53,9 @@ def cached_path(preset: Preset, filename: str, cache_dir: str | os.PathLike | No
     return Path(found) if isinstance(found, str) else None
 
 
-def cached_files(name: str, mmproj: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> tuple[str, str]:
+def cached_files(
+    name: str, mmproj: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+) -> tuple[str, str]:
     """(model, mmproj) paths of a pulled preset; an explicit mmproj path wins.
 
     Raises:

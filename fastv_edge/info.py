@@ -62,12 +62,14 @@ def model_report(model: str | os.PathLike, mmproj: str | os.PathLike | None = No
     }
     if mmproj_path:
         mm = read_mmproj_info(mmproj_path)
-        report.update({
-            "mmproj": mmproj_path,
-            "projector": mm.projector_type,
-            "projector n_embd": mm.n_embd_out,
-            "image size": mm.image_size,
-            "image tokens / image": image_tokens_per_image(model_path, mmproj_path, mm.image_size),
-        })
+        report.update(
+            {
+                "mmproj": mmproj_path,
+                "projector": mm.projector_type,
+                "projector n_embd": mm.n_embd_out,
+                "image size": mm.image_size,
+                "image tokens / image": image_tokens_per_image(model_path, mmproj_path, mm.image_size),
+            }
+        )
     report["file"] = str(Path(report["file"]))
     return report

@@ -186,9 +186,18 @@ class Model:
     Use load() to build one; close() (or a with-block) frees the native handles.
     """
 
-    def __init__(self, llm, mtmd_ctx, info: ModelInfo, mmproj: MmprojInfo | None,
-                 runtime: RuntimeConfig, prune: PruneConfig, template: str | None, template_origin: str,
-                 stack: ExitStack):
+    def __init__(
+        self,
+        llm,
+        mtmd_ctx,
+        info: ModelInfo,
+        mmproj: MmprojInfo | None,
+        runtime: RuntimeConfig,
+        prune: PruneConfig,
+        template: str | None,
+        template_origin: str,
+        stack: ExitStack,
+    ):
         self.llm = llm  # llama_cpp.Llama: tokenizer, context, sampler pieces
         self.mtmd_ctx = mtmd_ctx  # mtmd_context_p or None (text only)
         self.info = info
@@ -310,8 +319,13 @@ def load(
     try:
         try:
             llm = Llama(
-                model_path=model_path, n_ctx=runtime.n_ctx, n_batch=runtime.n_batch, n_ubatch=runtime.n_ubatch,
-                n_threads=runtime.n_threads, flash_attn=runtime.flash_attn, n_gpu_layers=runtime.n_gpu_layers,
+                model_path=model_path,
+                n_ctx=runtime.n_ctx,
+                n_batch=runtime.n_batch,
+                n_ubatch=runtime.n_ubatch,
+                n_threads=runtime.n_threads,
+                flash_attn=runtime.flash_attn,
+                n_gpu_layers=runtime.n_gpu_layers,
                 verbose=runtime.verbose,
             )
         except ValueError as e:

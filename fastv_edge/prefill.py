@@ -257,8 +257,15 @@ def _check_decodable(prompt: Prompt, mtmd_ctx, n_ubatch: int) -> None:
 
 
 def prefill(
-    ctx, mtmd_ctx, prompt: Prompt, batch: TokenBatch, *, n_past: int, n_ubatch: int,
-    prune: PruneConfig, progress: Progress = _no_progress,
+    ctx,
+    mtmd_ctx,
+    prompt: Prompt,
+    batch: TokenBatch,
+    *,
+    n_past: int,
+    n_ubatch: int,
+    prune: PruneConfig,
+    progress: Progress = _no_progress,
 ) -> tuple[int, PrefillStats]:
     """Decode a tokenized prompt into sequence 0 of `ctx`, pruning image tokens with FastV.
 

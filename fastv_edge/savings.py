@@ -116,9 +116,13 @@ class Runner:
         if self.non_causal_image:
             self.lc.llama_set_causal_attn(self.ctx, False)
         try:
-            self._decode(len(self.image), len(self.pre),
-                         lambda b: ctypes.memmove(b.embd, self.image.ctypes.data, self.image.nbytes), self.n_embd,
-                         False)
+            self._decode(
+                len(self.image),
+                len(self.pre),
+                lambda b: ctypes.memmove(b.embd, self.image.ctypes.data, self.image.nbytes),
+                self.n_embd,
+                False,
+            )
         finally:
             if self.non_causal_image:
                 self.lc.llama_set_causal_attn(self.ctx, True)
@@ -162,8 +166,16 @@ def _model_arch(model) -> str:
     return buf.value.decode() if n > 0 else ""
 
 
-def measure(model_path: str, *, k: int = 2, drop_ratios=(0.5, 0.75, 0.9), n_image: int = 576,
-            reps: int = 5, n_threads: int = 2, n_ff: int | None = None) -> dict:
+def measure(
+    model_path: str,
+    *,
+    k: int = 2,
+    drop_ratios=(0.5, 0.75, 0.9),
+    n_image: int = 576,
+    reps: int = 5,
+    n_threads: int = 2,
+    n_ff: int | None = None,
+) -> dict:
     """Median stock and FastV prefill times, alternating configurations each repetition.
 
     Args:
@@ -197,13 +209,23 @@ def measure(model_path: str, *, k: int = 2, drop_ratios=(0.5, 0.75, 0.9), n_imag
             shallow = statistics.median(s[0] for s in samples[r])
             deep = statistics.median(s[1] for s in samples[r])
             cpu = statistics.median(s[2] for s in samples[r])
-            theory = flops_ratio(runner.n_tokens, n_image, kept[r], n_layer=runner.n_layer, layer=k,
-                                 n_embd=runner.n_embd, n_ff=n_ff)
-            rows.append(Row(r, n_image, kept[r], stock_ms, shallow, deep, (shallow + deep) / stock_ms,
-                            cpu / stock_cpu, theory))
-        return {"model": Path(model_path).name, "n_layer": runner.n_layer, "n_embd": runner.n_embd, "n_ff": n_ff,
-                "n_tokens": runner.n_tokens, "k": k, "n_threads": n_threads, "reps": reps,
-                "rows": [asdict(row) for row in rows]}
+            theory = flops_ratio(
+                runner.n_tokens, n_image, kept[r], n_layer=runner.n_layer, layer=k, n_embd=runner.n_embd, n_ff=n_ff
+            )
+            rows.append(
+                Row(r, n_image, kept[r], stock_ms, shallow, deep, (shallow + deep) / stock_ms, cpu / stock_cpu, theory)
+            )
+        return {
+            "model": Path(model_path).name,
+            "n_layer": runner.n_layer,
+            "n_embd": runner.n_embd,
+            "n_ff": n_ff,
+            "n_tokens": runner.n_tokens,
+            "k": k,
+            "n_threads": n_threads,
+            "reps": reps,
+            "rows": [asdict(row) for row in rows],
+        }
     finally:
         runner.close()
 
@@ -218,15 +240,20 @@ def _read_n_ff(model_path: str) -> int:
 
 
 def format_table(result: dict) -> str:
-    head = (f"{result['model']}: L={result['n_layer']} d={result['n_embd']} m={result['n_ff']} "
-            f"n={result['n_tokens']} K={result['k']} threads={result['n_threads']} reps={result['reps']} (medians)")
-    cols = (f"{'R':>5} {'kept':>9} {'stock ms':>9} {'phase1 ms':>9} {'phase2 ms':>9} {'wall':>6} {'cpu':>6} "
-            f"{'theory':>7}")
+    head = (
+        f"{result['model']}: L={result['n_layer']} d={result['n_embd']} m={result['n_ff']} "
+        f"n={result['n_tokens']} K={result['k']} threads={result['n_threads']} reps={result['reps']} (medians)"
+    )
+    cols = (
+        f"{'R':>5} {'kept':>9} {'stock ms':>9} {'phase1 ms':>9} {'phase2 ms':>9} {'wall':>6} {'cpu':>6} {'theory':>7}"
+    )
     lines = [head, cols]
     for r in result["rows"]:
-        lines.append(f"{r['drop_ratio']:>5.2f} {r['n_kept']:>4}/{r['n_image']:<4} {r['stock_ms']:>9.1f} "
-                     f"{r['shallow_ms']:>9.1f} {r['deep_ms']:>9.1f} {r['ratio']:>6.3f} {r['cpu_ratio']:>6.3f} "
-                     f"{r['theory']:>7.3f}")
+        lines.append(
+            f"{r['drop_ratio']:>5.2f} {r['n_kept']:>4}/{r['n_image']:<4} {r['stock_ms']:>9.1f} "
+            f"{r['shallow_ms']:>9.1f} {r['deep_ms']:>9.1f} {r['ratio']:>6.3f} {r['cpu_ratio']:>6.3f} "
+            f"{r['theory']:>7.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -242,8 +269,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = []
     for model in args.model:
-        result = measure(model, k=args.k, drop_ratios=tuple(args.drop_ratio or (0.5, 0.75, 0.9)),
-                         n_image=args.n_image, reps=args.reps, n_threads=args.threads)
+        result = measure(
+            model,
+            k=args.k,
+            drop_ratios=tuple(args.drop_ratio or (0.5, 0.75, 0.9)),
+            n_image=args.n_image,
+            reps=args.reps,
+            n_threads=args.threads,
+        )
         print(format_table(result), flush=True)
         results.append(result)
     if args.out:

@@ -158,8 +158,15 @@ SHAPES = {
         vocab="gemma3",
         # SigLIP-So400m at 896 px: 64x64 patches of 14, average-pooled 4x4 -> 16x16 = 256 tokens
         clip=VisionHParams(
-            projector="gemma3", image_size=896, patch_size=14, n_embd=1152, n_ff=4304, n_head=16, n_layer=27,
-            projection_dim=2560, merge=4,
+            projector="gemma3",
+            image_size=896,
+            patch_size=14,
+            n_embd=1152,
+            n_ff=4304,
+            n_head=16,
+            n_layer=27,
+            projection_dim=2560,
+            merge=4,
         ),
         n_images=1,
         source=(
@@ -167,8 +174,10 @@ SHAPES = {
             "4 KV heads, vocab 262144"
         ),
         vision_note="real SigLIP-So400m shape with llama.cpp's gemma3 projector (pool 4x4 -> 256 tokens)",
-        notes=("vocab 262144 (Gemma 3 270M's tokenizer); the 4B GGUF adds 64 image tokens (262208)",
-               "the global layers' linear rope scaling (factor 8) is left out: it does not change the cost"),
+        notes=(
+            "vocab 262144 (Gemma 3 270M's tokenizer); the 4B GGUF adds 64 image tokens (262208)",
+            "the global layers' linear rope scaling (factor 8) is left out: it does not change the cost",
+        ),
     ),
 }
 

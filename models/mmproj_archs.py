@@ -69,9 +69,8 @@ class VisionHParams:
             raise ValueError(f"n_ff must differ from n_embd={self.n_embd} (clip.cpp swaps up/down)")
         side = self.image_size // self.patch_size
         if self.image_size % self.patch_size or side % self.merge:
-            raise ValueError(
-                f"image_size {self.image_size} must be a multiple of patch_size * merge = {self.patch_size * self.merge}"
-            )
+            step = self.patch_size * self.merge
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size * merge = {step}")
         if self.projector == "qwen2vl_merger" and ((self.n_embd // self.n_head) % 4 or self.merge != 2):
             raise ValueError("qwen2vl_merger needs a head size divisible by 4 (2-D M-RoPE) and merge 2")
 
@@ -133,7 +132,10 @@ def random_vision_weights(hp: VisionHParams, seed: int, out_std: float = 1.0) ->
 
 
 def write_vision_mmproj(
-    path: str | Path, hp: VisionHParams, weights: dict[str, np.ndarray], weight_type: str = "f32",
+    path: str | Path,
+    hp: VisionHParams,
+    weights: dict[str, np.ndarray],
+    weight_type: str = "f32",
     name: str | None = None,
 ) -> Path:
     """Write a qwen2vl_merger or gemma3 mmproj GGUF for llama.cpp's mtmd.
@@ -152,7 +154,8 @@ def write_vision_mmproj(
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"weight_type must be one of {sorted(WEIGHT_TYPES)}, got {weight_type!r}")
     expected = tensor_shapes(hp)
-    bad = sorted(n for n in set(expected) | set(weights) if tuple(getattr(weights.get(n), "shape", ())) != expected.get(n))
+    got = {n: tuple(a.shape) for n, a in weights.items()}
+    bad = sorted(n for n in set(expected) | set(got) if got.get(n) != expected.get(n))
     if bad:
         raise ValueError(f"weights do not match hparams: {bad[:5]}")
     qtype, ftype = WEIGHT_TYPES[weight_type]
@@ -192,8 +195,9 @@ def write_vision_mmproj(
     return path
 
 
-def make_tiny_vision_mmproj(out_dir: str | Path, projector: str, projection_dim: int, seed: int = 0,
-                            out_std: float = 1.0, **shape) -> tuple[Path, VisionHParams]:
+def make_tiny_vision_mmproj(
+    out_dir: str | Path, projector: str, projection_dim: int, seed: int = 0, out_std: float = 1.0, **shape
+) -> tuple[Path, VisionHParams]:
     """Write (or reuse) a tiny F32 projector of `projector` type for a text model of width projection_dim."""
     hp = VisionHParams(projector=projector, projection_dim=projection_dim, **shape)
     tag = "-".join(f"{k}{v}" for k, v in sorted(shape.items()))

@@ -25,5 +25,11 @@ needs_fastv = pytest.mark.skipif(
 
 def run_cli(env, *args, stdin: str | None = None, timeout: float = 120):
     """Run `python -m fastv_edge ARGS`; returns the CompletedProcess (text mode)."""
-    return subprocess.run([sys.executable, "-m", "fastv_edge", *map(str, args)], input=stdin, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fastv_edge", *map(str, args)],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -30,8 +30,13 @@ def stock_answer(tiny, image_path, max_tokens=8) -> str:
     handler = JoinedContent(clip_model_path=str(tiny.mmproj_path), verbose=False)
     llm = Llama(str(tiny.llama_path), n_ctx=1024, n_threads=2, chat_handler=handler, verbose=False)
     try:
-        msg = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_path.as_uri()}},
-                                           {"type": "text", "text": QUESTION}]}
+        msg = {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_path.as_uri()}},
+                {"type": "text", "text": QUESTION},
+            ],
+        }
         out = llm.create_chat_completion(messages=[msg], max_tokens=max_tokens, temperature=0.0, repeat_penalty=1.0)
         return out["choices"][0]["message"]["content"]
     finally:
@@ -47,8 +52,12 @@ def test_strategy_none_matches_stock_llama_cpp_python(tiny, tiny_model, photos):
     text, responses = answer(tiny_model, photos["astronaut"], prune=fe.PruneConfig(strategy="none"))
     assert text == stock_answer(tiny, photos["astronaut"])
     last = responses[-1]
-    assert (last.n_image_tokens, last.n_kept, last.flops_ratio, last.deep_ms) == (tiny.n_image_tokens,
-                                                                                  tiny.n_image_tokens, 1.0, 0.0)
+    assert (last.n_image_tokens, last.n_kept, last.flops_ratio, last.deep_ms) == (
+        tiny.n_image_tokens,
+        tiny.n_image_tokens,
+        1.0,
+        0.0,
+    )
 
 
 @needs_fastv
@@ -60,12 +69,16 @@ def test_drop_ratio_zero_gives_the_stock_tokens(tiny_model, photos):
 
 
 @needs_fastv
-@pytest.mark.parametrize("prune", [
-    fe.PruneConfig(drop_ratio=0.5),   # C selects floor(N*(1-R)) itself
-    fe.PruneConfig(drop_ratio=0.75),  # a smaller budget
-    fe.PruneConfig(keep=5),           # absolute budget: Python selects, finish_with_keep
-    fe.PruneConfig(layer=3, drop_ratio=0.5),  # K = n_layer - 1
-], ids=["R0.5", "R0.75", "keep5", "K3"])
+@pytest.mark.parametrize(
+    "prune",
+    [
+        fe.PruneConfig(drop_ratio=0.5),  # C selects floor(N*(1-R)) itself
+        fe.PruneConfig(drop_ratio=0.75),  # a smaller budget
+        fe.PruneConfig(keep=5),  # absolute budget: Python selects, finish_with_keep
+        fe.PruneConfig(layer=3, drop_ratio=0.5),  # K = n_layer - 1
+    ],
+    ids=["R0.5", "R0.75", "keep5", "K3"],
+)
 def test_fastv_keeps_the_top_scored_image_tokens(tiny_model, photos, prune):
     from fastv_edge import _native
 
@@ -96,8 +109,15 @@ def test_random_strategy_is_seeded(tiny_model, photos):
 
 @needs_fastv
 def test_two_images_are_pruned_jointly(tiny_model, photos):
-    responses = list(fe.stream_generate(tiny_model, "Compare them.", [photos["astronaut"], photos["chelsea"]],
-                                        max_tokens=2, prune=fe.PruneConfig(drop_ratio=0.5)))
+    responses = list(
+        fe.stream_generate(
+            tiny_model,
+            "Compare them.",
+            [photos["astronaut"], photos["chelsea"]],
+            max_tokens=2,
+            prune=fe.PruneConfig(drop_ratio=0.5),
+        )
+    )
     assert responses[-1].n_image_tokens == 128 and responses[-1].n_kept == 64
 
 
@@ -114,8 +134,11 @@ def test_quantized_weights(tiny_q8, photos):
 
 
 def test_statistics_and_finish_reason(tiny_model, photos):
-    responses = list(fe.stream_generate(tiny_model, QUESTION, [photos["coffee"]], max_tokens=4,
-                                        prune=fe.PruneConfig(strategy="none")))
+    responses = list(
+        fe.stream_generate(
+            tiny_model, QUESTION, [photos["coffee"]], max_tokens=4, prune=fe.PruneConfig(strategy="none")
+        )
+    )
     assert [r.finish_reason for r in responses] == [None, None, None, "length"]
     assert [r.generation_tokens for r in responses] == [1, 2, 3, 4]
     last = responses[-1]
@@ -133,8 +156,17 @@ def test_generate_joins_the_stream(tiny_model, photos):
 
 def test_seeded_sampling_is_reproducible(tiny_model, photos):
     sampling = fe.SamplingConfig(temp=1.0, seed=5)
-    run = lambda: [r.token for r in fe.stream_generate(tiny_model, QUESTION, [photos["coffee"]], max_tokens=6,  # noqa: E731
-                                                       sampling=sampling, prune=fe.PruneConfig(strategy="none"))]
+    run = lambda: [
+        r.token
+        for r in fe.stream_generate(
+            tiny_model,
+            QUESTION,
+            [photos["coffee"]],
+            max_tokens=6,  # noqa: E731
+            sampling=sampling,
+            prune=fe.PruneConfig(strategy="none"),
+        )
+    ]
     assert run() == run()
 
 

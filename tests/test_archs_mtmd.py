@@ -45,12 +45,24 @@ def pair(request, tiny_dir):
     if request.param == "qwen2vl":
         lm = make_tiny_qwen2vl(tiny_dir)
         mmproj, hp = make_tiny_vision_mmproj(tiny_dir, "qwen2vl_merger", lm.hparams.n_embd, out_std=0.5)
-        return {"name": "qwen2vl", "lm": lm.path, "mmproj": mmproj, "ref": RefQwen2VL(lm.path),
-                "n_img": 40, "template": "qwen2-vl"}
+        return {
+            "name": "qwen2vl",
+            "lm": lm.path,
+            "mmproj": mmproj,
+            "ref": RefQwen2VL(lm.path),
+            "n_img": 40,
+            "template": "qwen2-vl",
+        }
     lm = make_tiny_gemma3(tiny_dir)  # 6 layers, 2 and 5 global, window 16
     mmproj, hp = make_tiny_vision_mmproj(tiny_dir, "gemma3", lm.hparams.n_embd, out_std=2.5)  # 96 px -> 6 x 6
-    return {"name": "gemma3", "lm": lm.path, "mmproj": mmproj, "ref": RefGemma3(lm.path),
-            "n_img": hp.n_image_tokens, "template": "gemma-3"}
+    return {
+        "name": "gemma3",
+        "lm": lm.path,
+        "mmproj": mmproj,
+        "ref": RefGemma3(lm.path),
+        "n_img": hp.n_image_tokens,
+        "template": "gemma-3",
+    }
 
 
 def resized(name: str) -> np.ndarray:
@@ -157,9 +169,11 @@ def test_python_api_with_the_family_template(pair, photos):
 
     runtime = fe.RuntimeConfig(n_ctx=2048, n_threads=2)
     with fe.load(pair["lm"], pair["mmproj"], runtime=runtime, template=pair["template"]) as model:
+
         def run(prune):
-            out = list(fe.stream_generate(model, "What is in the image?", [photos["chelsea"]], max_tokens=6,
-                                          prune=prune))
+            out = list(
+                fe.stream_generate(model, "What is in the image?", [photos["chelsea"]], max_tokens=6, prune=prune)
+            )
             return [r.token for r in out], out[-1]
 
         stock, last = run(fe.PruneConfig(strategy="none"))
@@ -184,8 +198,9 @@ def test_reference_sees_a_wrong_layout(pair, native, llama_driver, photo):
         got = np.array(continue_decoding(drv, tokens))
     kind, rows, opts = segments[1]
     wrong = {"grid": opts["grid"][::-1]} if pair["name"] == "qwen2vl" else {"causal": True}  # (5, 8) / causal
-    want, _ = run_ref(pair["ref"], [segments[0], (kind, rows, wrong), segments[2]], tokens, k=2,
-                      keep=list(range(len(rows))))
+    want, _ = run_ref(
+        pair["ref"], [segments[0], (kind, rows, wrong), segments[2]], tokens, k=2, keep=list(range(len(rows)))
+    )
     assert np.abs(got - want).max() > 1e-2
 
 
@@ -202,11 +217,17 @@ def test_gemma3_warns_when_layer_k_minus_1_cannot_see_every_image_token(tiny_dir
     question = "Please describe the picture in detail, every object and every colour in it."
     with fe.load(lm.path, mmproj, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=2)) as model:
         with pytest.warns(RuntimeWarning, match="outside its sliding window"):
-            out = list(fe.stream_generate(model, question, [photos["coffee"]], max_tokens=1,
-                                          prune=fe.PruneConfig(layer=2, drop_ratio=0.5)))
+            out = list(
+                fe.stream_generate(
+                    model, question, [photos["coffee"]], max_tokens=1, prune=fe.PruneConfig(layer=2, drop_ratio=0.5)
+                )
+            )
         assert 0 < out[-1].n_unranked <= hp.n_image_tokens
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            out = list(fe.stream_generate(model, question, [photos["coffee"]], max_tokens=1,
-                                          prune=fe.PruneConfig(layer=3, drop_ratio=0.5)))
+            out = list(
+                fe.stream_generate(
+                    model, question, [photos["coffee"]], max_tokens=1, prune=fe.PruneConfig(layer=3, drop_ratio=0.5)
+                )
+            )
         assert out[-1].n_unranked == 0

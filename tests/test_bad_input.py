@@ -17,6 +17,7 @@ Q = "What is in the image?"
 
 # ---- model files -------------------------------------------------------------------------------
 
+
 def test_missing_gguf(tmp_path):
     with pytest.raises(fe.ModelLoadError, match="model not found"):
         fe.load(tmp_path / "nope.gguf")
@@ -73,6 +74,7 @@ def test_unsupported_architecture_is_refused_with_the_fix(tmp_path):
 
 # ---- images ------------------------------------------------------------------------------------
 
+
 def test_not_an_image(tmp_path):
     txt = tmp_path / "notes.png"
     txt.write_text("hello, I am text")
@@ -97,10 +99,13 @@ def _png_header_only(width, height) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("width, height", [
-    (30000, 30000),   # 900 Mpx: far past Pillow's own bomb limit
-    (8000, 6000),     # 48 Mpx: past our 40 Mpx limit, below Pillow's
-])
+@pytest.mark.parametrize(
+    "width, height",
+    [
+        (30000, 30000),  # 900 Mpx: far past Pillow's own bomb limit
+        (8000, 6000),  # 48 Mpx: past our 40 Mpx limit, below Pillow's
+    ],
+)
 def test_decompression_bomb(width, height):
     with pytest.raises(ValueError, match="bomb"):
         decode(_png_header_only(width, height), "bomb.png")
@@ -121,6 +126,7 @@ def test_bad_image_fails_before_the_model_is_touched(tiny_model, tmp_path):
 
 
 # ---- pruning arguments -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kwargs", [dict(layer=0), dict(drop_ratio=1.0), dict(drop_ratio=-0.5)])
 def test_bad_k_or_r(kwargs):
@@ -145,6 +151,7 @@ def test_keep_larger_than_n_leaves_the_model_usable(tiny_model, photos):
 
 
 # ---- prompts -----------------------------------------------------------------------------------
+
 
 def test_prompt_plus_images_longer_than_the_context(tiny, photos):
     with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=2)) as model:

@@ -44,8 +44,12 @@ def test_append_only_turns_equal_one_prefill_of_the_whole_conversation(tiny_mode
     turn(session, "And the colours?")
     tokens, _ = turn(session, "Compare with this one.", [photos["chelsea"]])
     whole = session._prompt_text  # the rendered conversation up to the last answer
-    ref = [r.token for r in fe.stream_generate(tiny_model, whole, [photos["astronaut"], photos["chelsea"]],
-                                               prune=none, max_tokens=4, apply_template=False)]
+    ref = [
+        r.token
+        for r in fe.stream_generate(
+            tiny_model, whole, [photos["astronaut"], photos["chelsea"]], prune=none, max_tokens=4, apply_template=False
+        )
+    ]
     assert tokens == ref
 
 

@@ -23,20 +23,57 @@ def test_no_arguments_prints_help(cli_env):
 
 
 def test_run_streams_the_answer_then_one_statistics_line(cli_env, tiny, photos):
-    out = run_cli(cli_env, "run", *tiny_args(tiny), "--image", photos["astronaut"], "-p", "What is this?",
-                  "-n", "4", "--strategy", "none", "--quiet")
+    out = run_cli(
+        cli_env,
+        "run",
+        *tiny_args(tiny),
+        "--image",
+        photos["astronaut"],
+        "-p",
+        "What is this?",
+        "-n",
+        "4",
+        "--strategy",
+        "none",
+        "--quiet",
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and out.stderr == ""  # --quiet: the answer only
-    out = run_cli(cli_env, "run", *tiny_args(tiny), "--image", photos["astronaut"], "-p", "What is this?",
-                  "-n", "4", "--strategy", "none")
+    out = run_cli(
+        cli_env,
+        "run",
+        *tiny_args(tiny),
+        "--image",
+        photos["astronaut"],
+        "-p",
+        "What is this?",
+        "-n",
+        "4",
+        "--strategy",
+        "none",
+    )
     stats = [line for line in out.stderr.splitlines() if line.startswith("[kept")]
     assert len(stats) == 1 and "64/64" in stats[0] and "FLOPs ratio 1.00" in stats[0]
 
 
 @needs_fastv
 def test_run_json_reports_pruning(cli_env, tiny, photos):
-    out = run_cli(cli_env, "run", *tiny_args(tiny), "--image", photos["chelsea"], "-p", "What is this?",
-                  "-n", "3", "-k", "2", "-r", "0.5", "--json")
+    out = run_cli(
+        cli_env,
+        "run",
+        *tiny_args(tiny),
+        "--image",
+        photos["chelsea"],
+        "-p",
+        "What is this?",
+        "-n",
+        "3",
+        "-k",
+        "2",
+        "-r",
+        "0.5",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert (report["n_image_tokens"], report["n_kept"]) == (64, 32)
@@ -45,10 +82,20 @@ def test_run_json_reports_pruning(cli_env, tiny, photos):
 
 
 def test_chat_over_piped_stdin(cli_env, tiny, photos):
-    script = "\n".join([
-        f"/image {photos['astronaut']}", "Describe it.", "/stats", "Anything else?", "/reset", "/stats",
-        "/image /no/such.png", "/bogus", "/quit", "never read",
-    ])
+    script = "\n".join(
+        [
+            f"/image {photos['astronaut']}",
+            "Describe it.",
+            "/stats",
+            "Anything else?",
+            "/reset",
+            "/stats",
+            "/image /no/such.png",
+            "/bogus",
+            "/quit",
+            "never read",
+        ]
+    )
     out = run_cli(cli_env, "chat", *tiny_args(tiny), "-n", "3", "--strategy", "none", stdin=script + "\n")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -131,8 +178,13 @@ def fake_hub(tiny):
 
 def test_pull_downloads_into_the_hub_cache_then_run_uses_the_preset(cli_env, fake_hub, tmp_path, photos):
     # TQDM_POSITION=-1: huggingface_hub shows its bars even though stderr is not a terminal
-    env = {**cli_env, "HF_ENDPOINT": fake_hub, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1",
-           "TQDM_POSITION": "-1"}
+    env = {
+        **cli_env,
+        "HF_ENDPOINT": fake_hub,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TQDM_POSITION": "-1",
+    }
     out = run_cli(env, "pull", "smolvlm-256m")
     assert out.returncode == 0, out.stderr
     assert "models--ggml-org--SmolVLM-256M-Instruct-GGUF" in out.stdout
@@ -140,8 +192,23 @@ def test_pull_downloads_into_the_hub_cache_then_run_uses_the_preset(cli_env, fak
     offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
     again = run_cli(offline, "pull", "smolvlm-256m", "--quiet")  # a filled cache needs no network
     assert again.returncode == 0 and again.stdout == out.stdout
-    run = run_cli(offline, "run", "-m", "smolvlm-256m", "--image", photos["coffee"], "-p", "Hi", "-n", "2",
-                  "-c", "512", "--strategy", "none", "--json")
+    run = run_cli(
+        offline,
+        "run",
+        "-m",
+        "smolvlm-256m",
+        "--image",
+        photos["coffee"],
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+        "-c",
+        "512",
+        "--strategy",
+        "none",
+        "--json",
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["n_image_tokens"] == 64
 
@@ -165,9 +232,33 @@ def test_ctrl_c_stops_the_answer_not_the_session(cli_env, tiny):
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastv_edge", "chat", "-m", tiny.llama_path, "--mmproj", tiny.mmproj_path,
-         "-c", "4096", "-t", "1", "-n", "4000", "--strategy", "none", "--quiet", "--temp", "0"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, text=True, bufsize=1,
+        [
+            sys.executable,
+            "-m",
+            "fastv_edge",
+            "chat",
+            "-m",
+            tiny.llama_path,
+            "--mmproj",
+            tiny.mmproj_path,
+            "-c",
+            "4096",
+            "-t",
+            "1",
+            "-n",
+            "4000",
+            "--strategy",
+            "none",
+            "--quiet",
+            "--temp",
+            "0",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env,
+        text=True,
+        bufsize=1,
     )
     try:
         proc.stdin.write("Tell me a very long story.\n")

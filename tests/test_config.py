@@ -16,32 +16,38 @@ def test_keep_replaces_the_default_ratio():
     assert p.drop_ratio is None and p.keep == 64
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(layer=0), "layer K"),                          # K<1: the paper's K=0 is random pre-LLM pruning
-    (dict(layer=-3), "layer K"),                         # negative K
-    (dict(layer=True), "layer K"),                       # bool is not an int here
-    (dict(layer=2.0), "layer K"),                        # float K
-    (dict(drop_ratio=1.0), r"\[0, 1\)"),                 # R=1 would drop every image token
-    (dict(drop_ratio=-0.1), r"\[0, 1\)"),                # negative R
-    (dict(drop_ratio=float("nan")), r"\[0, 1\)"),        # NaN fails the range check
-    (dict(drop_ratio="0.5"), r"\[0, 1\)"),               # a string is not a ratio
-    (dict(drop_ratio=0.5, keep=10), "not both"),         # two budgets
-    (dict(keep=-1), "keep"),                             # negative keep
-    (dict(keep=3.5), "keep"),                            # fractional keep
-    (dict(strategy="topk"), "strategy"),                 # unknown strategy
-    (dict(seed=1.5), "seed"),                            # seeds are integers
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(layer=0), "layer K"),  # K<1: the paper's K=0 is random pre-LLM pruning
+        (dict(layer=-3), "layer K"),  # negative K
+        (dict(layer=True), "layer K"),  # bool is not an int here
+        (dict(layer=2.0), "layer K"),  # float K
+        (dict(drop_ratio=1.0), r"\[0, 1\)"),  # R=1 would drop every image token
+        (dict(drop_ratio=-0.1), r"\[0, 1\)"),  # negative R
+        (dict(drop_ratio=float("nan")), r"\[0, 1\)"),  # NaN fails the range check
+        (dict(drop_ratio="0.5"), r"\[0, 1\)"),  # a string is not a ratio
+        (dict(drop_ratio=0.5, keep=10), "not both"),  # two budgets
+        (dict(keep=-1), "keep"),  # negative keep
+        (dict(keep=3.5), "keep"),  # fractional keep
+        (dict(strategy="topk"), "strategy"),  # unknown strategy
+        (dict(seed=1.5), "seed"),  # seeds are integers
+    ],
+)
 def test_prune_config_rejects(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PruneConfig(**kwargs)
 
 
-@pytest.mark.parametrize("layer, n_layer, ok", [
-    (1, 4, True),    # smallest K
-    (3, 4, True),    # K = n_layer - 1 leaves one deep layer
-    (4, 4, False),   # K = n_layer: nothing left to prune
-    (9, 4, False),   # K beyond the model
-])
+@pytest.mark.parametrize(
+    "layer, n_layer, ok",
+    [
+        (1, 4, True),  # smallest K
+        (3, 4, True),  # K = n_layer - 1 leaves one deep layer
+        (4, 4, False),  # K = n_layer: nothing left to prune
+        (9, 4, False),  # K beyond the model
+    ],
+)
 def test_check_layer(layer, n_layer, ok):
     p = PruneConfig(layer=layer)
     if ok:
@@ -66,17 +72,32 @@ def test_frozen():
         PruneConfig().layer = 3
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(n_ctx=0), dict(n_batch=-1), dict(n_ubatch=0), dict(n_threads=0), dict(n_ctx=1.5),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(n_ctx=0),
+        dict(n_batch=-1),
+        dict(n_ubatch=0),
+        dict(n_threads=0),
+        dict(n_ctx=1.5),
+    ],
+)
 def test_runtime_config_rejects(kwargs):
     with pytest.raises(ValueError):
         RuntimeConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(temp=-0.1), dict(top_p=1.5), dict(min_p=-0.1), dict(top_k=-1), dict(seed=-1), dict(repeat_penalty=0),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(temp=-0.1),
+        dict(top_p=1.5),
+        dict(min_p=-0.1),
+        dict(top_k=-1),
+        dict(seed=-1),
+        dict(repeat_penalty=0),
+    ],
+)
 def test_sampling_config_rejects(kwargs):
     with pytest.raises(ValueError):
         SamplingConfig(**kwargs)

@@ -19,8 +19,21 @@ ROOT = Path(__file__).resolve().parent.parent
 EASYVQA = ROOT / "models" / "easyvqa"
 LM = EASYVQA / "easyvqa-lm-q8_0.gguf"
 MMPROJ = EASYVQA / "easyvqa-mmproj-f32.gguf"
-CLASSES = {"black", "blue", "brown", "circle", "gray", "green", "no", "rectangle", "red", "teal", "triangle",
-           "yellow", "yes"}
+CLASSES = {
+    "black",
+    "blue",
+    "brown",
+    "circle",
+    "gray",
+    "green",
+    "no",
+    "rectangle",
+    "red",
+    "teal",
+    "triangle",
+    "yellow",
+    "yes",
+}
 
 pytestmark = pytest.mark.native
 
@@ -32,8 +45,7 @@ def sample():
     reference = json.loads((EASYVQA / "reference_answers.json").read_text())["answers"]
     questions, labels, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
-    return [(int(i), questions[int(i)], paths[image_ids[int(i)]], labels[int(i)], ans)
-            for i, ans in reference.items()]
+    return [(int(i), questions[int(i)], paths[image_ids[int(i)]], labels[int(i)], ans) for i, ans in reference.items()]
 
 
 @pytest.fixture(scope="module")

@@ -32,11 +32,23 @@ def arch(request, tiny_dir):
 
     if request.param == "qwen2vl":
         model = make_tiny_qwen2vl(tiny_dir)
-        return {"name": "qwen2vl", "path": model.path, "ref": RefQwen2VL(model.path), "std": 0.5,
-                "n_img": 40, "opts": {"grid": GRID}}
+        return {
+            "name": "qwen2vl",
+            "path": model.path,
+            "ref": RefQwen2VL(model.path),
+            "std": 0.5,
+            "n_img": 40,
+            "opts": {"grid": GRID},
+        }
     model = make_tiny_gemma3(tiny_dir)  # 6 layers, 2 and 5 global, window 16
-    return {"name": "gemma3", "path": model.path, "ref": RefGemma3(model.path), "std": 2.5,
-            "n_img": 32, "opts": {"causal": False}}
+    return {
+        "name": "gemma3",
+        "path": model.path,
+        "ref": RefGemma3(model.path),
+        "std": 2.5,
+        "n_img": 32,
+        "opts": {"causal": False},
+    }
 
 
 def make_prompt(drv, arch, seed: int):

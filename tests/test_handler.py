@@ -27,10 +27,18 @@ def handler(tiny, **prune):
 
 def ask(llm, chat_handler, url, stream=False, max_tokens=6):
     llm.chat_handler = chat_handler
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": "What is in the image?"}]}]
-    return llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0,
-                                      repeat_penalty=1.0, stream=stream)
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "What is in the image?"},
+            ],
+        }
+    ]
+    return llm.create_chat_completion(
+        messages=messages, max_tokens=max_tokens, temperature=0.0, repeat_penalty=1.0, stream=stream
+    )
 
 
 def stock_handler(tiny):
@@ -85,8 +93,9 @@ def test_pruned_answer_equals_the_python_api(llm, tiny, photos):
     assert h.last_stats.n_kept == 32 and h.last_stats.n_image_tokens == 64
     assert h.last_stats.kept == select_top_k(_native.get_scores(llm._ctx.ctx), 32).tolist()
     with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=2)) as model:
-        api = fe.generate(model, "What is in the image?", [photos["coffee"]], max_tokens=6,
-                          prune=fe.PruneConfig(drop_ratio=0.5))
+        api = fe.generate(
+            model, "What is in the image?", [photos["coffee"]], max_tokens=6, prune=fe.PruneConfig(drop_ratio=0.5)
+        )
     assert text == api
 
 
@@ -104,8 +113,15 @@ def test_llama_is_left_ready_to_sample(llm, tiny, photos):
 
     h = handler(tiny, strategy="none")
     h._init_mtmd_context(llm)
-    text = h._render(llm, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}},
-                                                         {"type": "text", "text": "Hi"}]}])
+    text = h._render(
+        llm,
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "Hi"}],
+            }
+        ],
+    )
     prompt = h._evaluate(llm, text, [load_image(photos["coffee"])])
     assert len(prompt) == llm.n_tokens and not llm._requires_eval
     first = next(iter(llm.generate(prompt, temp=0.0)))  # takes the "prompt fully cached" path

@@ -14,8 +14,25 @@ def test_savings_script_reports_consistent_rows(tiny, tmp_path):
     from fastv_edge import savings
 
     out = tmp_path / "savings.json"
-    assert savings.main(["--model", str(tiny.llama_path), "--n-image", "64", "--reps", "1",
-                         "--drop-ratio", "0.5", "--drop-ratio", "0.9", "--out", str(out)]) == 0
+    assert (
+        savings.main(
+            [
+                "--model",
+                str(tiny.llama_path),
+                "--n-image",
+                "64",
+                "--reps",
+                "1",
+                "--drop-ratio",
+                "0.5",
+                "--drop-ratio",
+                "0.9",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     [result] = json.loads(out.read_text())
     assert result["n_layer"] == 4 and result["k"] == 2
     for row, r in zip(result["rows"], (0.5, 0.9), strict=True):
@@ -33,8 +50,12 @@ def test_savings_script_on_an_mrope_model(tiny_dir, tmp_path):
 
     out = tmp_path / "savings.json"
     model = make_tiny_qwen2vl(tiny_dir)
-    assert savings.main(["--model", str(model.path), "--n-image", "40", "--reps", "1",
-                         "--drop-ratio", "0.5", "--out", str(out)]) == 0
+    assert (
+        savings.main(
+            ["--model", str(model.path), "--n-image", "40", "--reps", "1", "--drop-ratio", "0.5", "--out", str(out)]
+        )
+        == 0
+    )
     [result] = json.loads(out.read_text())
     assert result["rows"][0]["n_kept"] == 20
 
@@ -51,7 +72,11 @@ def test_savings_script_on_gemma3_decodes_the_image_non_causally(tiny_dir, tmp_p
     finally:
         runner.close()
     out = tmp_path / "savings.json"
-    assert savings.main(["--model", str(model.path), "--n-image", "32", "--reps", "1",
-                         "--drop-ratio", "0.75", "--out", str(out)]) == 0
+    assert (
+        savings.main(
+            ["--model", str(model.path), "--n-image", "32", "--reps", "1", "--drop-ratio", "0.75", "--out", str(out)]
+        )
+        == 0
+    )
     [result] = json.loads(out.read_text())
     assert result["rows"][0]["n_kept"] == 8

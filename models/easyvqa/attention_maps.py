@@ -22,8 +22,9 @@ def scores_for(model, text: str, image: str, k: int, drop_ratio: float):
     import fastv_edge
     from fastv_edge import PruneConfig, _native
 
-    answer = fastv_edge.generate(model, text, [image], apply_template=False, max_tokens=4,
-                                 prune=PruneConfig(layer=k, drop_ratio=drop_ratio)).strip()
+    answer = fastv_edge.generate(
+        model, text, [image], apply_template=False, max_tokens=4, prune=PruneConfig(layer=k, drop_ratio=drop_ratio)
+    ).strip()
     scores = np.array(_native.get_scores(model.ctx)).reshape(GRID, GRID)  # row-major patches
     kept = np.zeros(GRID * GRID, dtype=bool)
     kept[_native.get_kept(model.ctx)] = True
@@ -51,8 +52,9 @@ def main(argv=None) -> int:
     prompt = json.loads((HERE / "prompt.json").read_text())
     questions, answers, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
-    model = fastv_edge.load(HERE / "easyvqa-lm-q8_0.gguf", HERE / "easyvqa-mmproj-f32.gguf",
-                            runtime=RuntimeConfig(n_ctx=1024, n_threads=1))
+    model = fastv_edge.load(
+        HERE / "easyvqa-lm-q8_0.gguf", HERE / "easyvqa-mmproj-f32.gguf", runtime=RuntimeConfig(n_ctx=1024, n_threads=1)
+    )
     fig, axes = plt.subplots(2, len(args.questions), figsize=(3.2 * len(args.questions), 6.6))
     for col, qi in enumerate(args.questions):
         text = prompt["before_image"] + prompt["media_marker"] + prompt["after_image"].format(question=questions[qi])

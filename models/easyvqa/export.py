@@ -29,8 +29,14 @@ MMPROJ_NAME = "easyvqa-mmproj-f32.gguf"
 def text_hparams(cfg: dict) -> LlamaHParams:
     """The LM's shape; untied output (the trainer zeroes unused output rows, token_embd keeps its init)."""
     return LlamaHParams(
-        n_layer=cfg["n_layer"], n_embd=cfg["n_embd"], n_head=cfg["n_head"], n_head_kv=cfg["n_head_kv"],
-        n_ff=cfg["n_ff"], n_vocab=cfg["vocab_size"], rope_freq_base=cfg["rope_base"], rms_eps=cfg["rms_eps"],
+        n_layer=cfg["n_layer"],
+        n_embd=cfg["n_embd"],
+        n_head=cfg["n_head"],
+        n_head_kv=cfg["n_head_kv"],
+        n_ff=cfg["n_ff"],
+        n_vocab=cfg["vocab_size"],
+        rope_freq_base=cfg["rope_base"],
+        rms_eps=cfg["rms_eps"],
         tie_embeddings=False,
     )
 
@@ -38,10 +44,20 @@ def text_hparams(cfg: dict) -> LlamaHParams:
 def vision_hparams(cfg: dict, lm_embd: int) -> ClipHParams:
     """ViT + projector shape; feature_layer = n_layer so llava runs every block (README, 'depth')."""
     return ClipHParams(
-        image_size=cfg["image_size"], patch_size=cfg["patch_size"], n_embd=cfg["n_embd"], n_ff=cfg["n_ff"],
-        n_head=cfg["n_head"], n_layer=cfg["n_layer"], projection_dim=lm_embd, mm_hidden=lm_embd,
-        eps=cfg["eps"], use_gelu=True, class_token=False, feature_layer=cfg["n_layer"],
-        image_mean=tuple(cfg["image_mean"]), image_std=tuple(cfg["image_std"]),
+        image_size=cfg["image_size"],
+        patch_size=cfg["patch_size"],
+        n_embd=cfg["n_embd"],
+        n_ff=cfg["n_ff"],
+        n_head=cfg["n_head"],
+        n_layer=cfg["n_layer"],
+        projection_dim=lm_embd,
+        mm_hidden=lm_embd,
+        eps=cfg["eps"],
+        use_gelu=True,
+        class_token=False,
+        feature_layer=cfg["n_layer"],
+        image_mean=tuple(cfg["image_mean"]),
+        image_std=tuple(cfg["image_std"]),
     )
 
 
@@ -83,17 +99,24 @@ def export(weights_dir: Path = DEFAULT_WEIGHTS, out_dir: Path = HERE) -> tuple[P
     add_bos = [v for k, v, *_ in tok.fields if k == "tokenizer.ggml.add_bos_token"]
     if add_bos != [False]:
         raise ValueError(f"tokenizer.ggml.add_bos_token is {add_bos}, the model was trained without BOS")
-    lm = write_llama_gguf(out_dir / LM_NAME, thp, load_npz(weights_dir / "text.npz"), weight_type="q8_0",
-                          tokenizer=tok, name="easyvqa-lm")
-    mmproj = write_mmproj_gguf(out_dir / MMPROJ_NAME, vhp, fold_patch_bias(load_npz(weights_dir / "vision.npz")),
-                               weight_type="f32", name="easyvqa-mmproj")
+    lm = write_llama_gguf(
+        out_dir / LM_NAME, thp, load_npz(weights_dir / "text.npz"), weight_type="q8_0", tokenizer=tok, name="easyvqa-lm"
+    )
+    mmproj = write_mmproj_gguf(
+        out_dir / MMPROJ_NAME,
+        vhp,
+        fold_patch_bias(load_npz(weights_dir / "vision.npz")),
+        weight_type="f32",
+        name="easyvqa-mmproj",
+    )
     return lm, mmproj
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
-                        help="dir with vision.npz, text.npz, config.json")
+    parser.add_argument(
+        "--weights", type=Path, default=DEFAULT_WEIGHTS, help="dir with vision.npz, text.npz, config.json"
+    )
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
     for path in export(args.weights, args.out):

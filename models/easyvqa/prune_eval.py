@@ -30,8 +30,7 @@ def configs():
     out = [("baseline", {"strategy": "none"})]
     for k in LAYERS:
         out += [(f"fastv K={k} R={r:.2f}", {"layer": k, "drop_ratio": r}) for r in RATIOS]
-    out += [(f"random K=2 R={r:.2f}", {"layer": 2, "drop_ratio": r, "strategy": "random", "seed": 0})
-            for r in RATIOS]
+    out += [(f"random K=2 R={r:.2f}", {"layer": 2, "drop_ratio": r, "strategy": "random", "seed": 0}) for r in RATIOS]
     return out
 
 
@@ -52,16 +51,20 @@ def run_shard(n: int, shard: int, n_shards: int, out: Path, threads: int) -> Pat
     prompt = json.loads((HERE / "prompt.json").read_text())
     questions, answers, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
-    model = fastv_edge.load(HERE / "easyvqa-lm-q8_0.gguf", HERE / "easyvqa-mmproj-f32.gguf",
-                            runtime=RuntimeConfig(n_ctx=1024, n_threads=threads))
+    model = fastv_edge.load(
+        HERE / "easyvqa-lm-q8_0.gguf",
+        HERE / "easyvqa-mmproj-f32.gguf",
+        runtime=RuntimeConfig(n_ctx=1024, n_threads=threads),
+    )
     rows = []
     t0 = time.perf_counter()
     for qi in sample(n)[shard::n_shards]:
         text = prompt["before_image"] + prompt["media_marker"] + prompt["after_image"].format(question=questions[qi])
         row = {"q": qi, "label": answers[qi]}
         for name, kwargs in configs():
-            row[name] = fastv_edge.generate(model, text, [paths[image_ids[qi]]], apply_template=False,
-                                            prune=PruneConfig(**kwargs), max_tokens=4).strip()
+            row[name] = fastv_edge.generate(
+                model, text, [paths[image_ids[qi]]], apply_template=False, prune=PruneConfig(**kwargs), max_tokens=4
+            ).strip()
         rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"shard-{shard}-of-{n_shards}.json"
@@ -72,11 +75,14 @@ def run_shard(n: int, shard: int, n_shards: int, out: Path, threads: int) -> Pat
 def merge(out: Path, docs: Path) -> str:
     rows = [r for p in sorted(out.glob("shard-*.json")) for r in json.loads(p.read_text())["rows"]]
     acc = {name: float(np.mean([r[name] == r["label"] for r in rows])) for name, _ in configs()}
-    lines = [f"Accuracy on {len(rows)} easy-vqa test questions (seeded sample), shipped Q8_0 model, "
-             "greedy answers through the patched llama.cpp.", "",
-             "| kept image tokens | " + " | ".join(f"FastV K={k}" for k in LAYERS) + " | random K=2 |",
-             "|---|" + "---|" * (len(LAYERS) + 1),
-             f"| {N_IMAGE} (baseline) | " + " | ".join(f"{acc['baseline']:.3f}" for _ in range(len(LAYERS) + 1)) + " |"]
+    lines = [
+        f"Accuracy on {len(rows)} easy-vqa test questions (seeded sample), shipped Q8_0 model, "
+        "greedy answers through the patched llama.cpp.",
+        "",
+        "| kept image tokens | " + " | ".join(f"FastV K={k}" for k in LAYERS) + " | random K=2 |",
+        "|---|" + "---|" * (len(LAYERS) + 1),
+        f"| {N_IMAGE} (baseline) | " + " | ".join(f"{acc['baseline']:.3f}" for _ in range(len(LAYERS) + 1)) + " |",
+    ]
     for r in RATIOS:
         kept = int(N_IMAGE * (1 - r))
         cells = [f"{acc[f'fastv K={k} R={r:.2f}']:.3f}" for k in LAYERS] + [f"{acc[f'random K=2 R={r:.2f}']:.3f}"]
@@ -96,8 +102,9 @@ def _plot(acc: dict, path: Path) -> None:
 
     kept = [N_IMAGE] + [int(N_IMAGE * (1 - r)) for r in RATIOS]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, keys in [(f"FastV K={k}", [f"fastv K={k} R={r:.2f}" for r in RATIOS]) for k in LAYERS] + \
-                        [("random K=2", [f"random K=2 R={r:.2f}" for r in RATIOS])]:
+    for label, keys in [(f"FastV K={k}", [f"fastv K={k} R={r:.2f}" for r in RATIOS]) for k in LAYERS] + [
+        ("random K=2", [f"random K=2 R={r:.2f}" for r in RATIOS])
+    ]:
         ax.plot(kept, [acc["baseline"]] + [acc[k] for k in keys], marker="o", label=label)
     ax.set_xlabel("image tokens kept (of 256)")
     ax.set_ylabel("accuracy")
