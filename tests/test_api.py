@@ -156,17 +156,18 @@ def test_generate_joins_the_stream(tiny_model, photos):
 
 def test_seeded_sampling_is_reproducible(tiny_model, photos):
     sampling = fe.SamplingConfig(temp=1.0, seed=5)
-    run = lambda: [
-        r.token
-        for r in fe.stream_generate(
+
+    def run():
+        responses = fe.stream_generate(
             tiny_model,
             QUESTION,
             [photos["coffee"]],
-            max_tokens=6,  # noqa: E731
+            max_tokens=6,
             sampling=sampling,
             prune=fe.PruneConfig(strategy="none"),
         )
-    ]
+        return [r.token for r in responses]
+
     assert run() == run()
 
 
