@@ -103,7 +103,7 @@ def test_prune_eval_script_writes_a_sane_table(tmp_path):
     table = prune_eval.merge(tmp_path / "shards", tmp_path / "docs")
     result = json.loads((tmp_path / "docs" / "easyvqa-accuracy.json").read_text())
     names = [name for name, _ in prune_eval.configs()]
-    assert result["n"] == 3 and sorted(result["accuracy"]) == sorted(names) and len(names) == 17
+    assert result["n"] == 3 and sorted(result["accuracy"]) == sorted(names) and len(names) == 25
     assert all(0.0 <= acc <= 1.0 for acc in result["accuracy"].values())
     assert result["accuracy"]["baseline"] >= 2 / 3  # 99.5% model: at most one miss in 3
     assert (tmp_path / "docs" / "img" / "easyvqa-accuracy.png").stat().st_size > 0

@@ -2,8 +2,9 @@
 
 For each of the first --n test questions (a fixed, seeded sample of the easy-vqa test split)
 it answers with: the unpruned baseline, FastV at K in {1, 2, 3} x R in {25, 50, 75, 90} %, and
-seeded random pruning at the same budgets (K=2), and writes a JSON file per --shard. `--merge`
-joins the shards into a markdown table and a plot (accuracy vs kept image tokens).
+seeded random pruning at the same K and budgets, and writes a JSON file per --shard. A shard file
+that exists is completed, not redone: only settings missing from it run. `--merge` joins the
+shards into a markdown table and a plot (accuracy vs kept image tokens).
 
     python -m models.easyvqa.prune_eval --n 1000 --shard 0/2 --out /tmp/pe &   # one core each
     python -m models.easyvqa.prune_eval --n 1000 --shard 1/2 --out /tmp/pe
@@ -30,7 +31,10 @@ def configs():
     out = [("baseline", {"strategy": "none"})]
     for k in LAYERS:
         out += [(f"fastv K={k} R={r:.2f}", {"layer": k, "drop_ratio": r}) for r in RATIOS]
-    out += [(f"random K=2 R={r:.2f}", {"layer": 2, "drop_ratio": r, "strategy": "random", "seed": 0}) for r in RATIOS]
+    for k in LAYERS:
+        out += [
+            (f"random K={k} R={r:.2f}", {"layer": k, "drop_ratio": r, "strategy": "random", "seed": 0}) for r in RATIOS
+        ]
     return out
 
 
@@ -56,40 +60,79 @@ def run_shard(n: int, shard: int, n_shards: int, out: Path, threads: int) -> Pat
         HERE / "easyvqa-mmproj-f32.gguf",
         runtime=RuntimeConfig(n_ctx=1024, n_threads=threads),
     )
+    path = out / f"shard-{shard}-of-{n_shards}.json"
+    done = json.loads(path.read_text()) if path.is_file() else {"seconds": 0.0, "rows": []}
+    previous = {row["q"]: row for row in done["rows"]}
     rows = []
     t0 = time.perf_counter()
     for qi in sample(n)[shard::n_shards]:
         text = prompt["before_image"] + prompt["media_marker"] + prompt["after_image"].format(question=questions[qi])
-        row = {"q": qi, "label": answers[qi]}
+        row = previous.get(qi, {"q": qi, "label": answers[qi]})
         for name, kwargs in configs():
-            row[name] = fastv_edge.generate(
-                model, text, [paths[image_ids[qi]]], apply_template=False, prune=PruneConfig(**kwargs), max_tokens=4
-            ).strip()
+            if name not in row:
+                row[name] = fastv_edge.generate(
+                    model,
+                    text,
+                    [paths[image_ids[qi]]],
+                    apply_template=False,
+                    prune=PruneConfig(**kwargs),
+                    max_tokens=4,
+                ).strip()
         rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"shard-{shard}-of-{n_shards}.json"
-    path.write_text(json.dumps({"seconds": time.perf_counter() - t0, "rows": rows}))
+    path.write_text(json.dumps({"seconds": done["seconds"] + time.perf_counter() - t0, "rows": rows}))
     return path
 
 
+STRATEGIES = ("fastv", "random")
+
+
+def question_kind(question: str) -> str:
+    """'yes/no', 'colour' or 'shape': easy-vqa's three kinds of question."""
+    if question.startswith(("is ", "does ")):
+        return "yes/no"
+    return "colour" if "color" in question else "shape"
+
+
 def merge(out: Path, docs: Path) -> str:
+    import easy_vqa
+
+    questions = easy_vqa.get_test_questions()[0]
     rows = [r for p in sorted(out.glob("shard-*.json")) for r in json.loads(p.read_text())["rows"]]
-    acc = {name: float(np.mean([r[name] == r["label"] for r in rows])) for name, _ in configs()}
+    names = [name for name, _ in configs()]
+    missing = sorted({name for r in rows for name in names if name not in r})
+    if missing:
+        raise SystemExit(f"shards lack {missing[:3]}...: run the shards again (they are completed, not redone)")
+    acc = {name: float(np.mean([r[name] == r["label"] for r in rows])) for name in names}
+    kinds = sorted({question_kind(questions[r["q"]]) for r in rows})
+    by_kind = {
+        name: {
+            kind: float(np.mean([r[name] == r["label"] for r in rows if question_kind(questions[r["q"]]) == kind]))
+            for kind in kinds
+        }
+        for name in names
+    }
+    columns = [(s, k) for k in LAYERS for s in STRATEGIES]
     lines = [
         f"Accuracy on {len(rows)} easy-vqa test questions (seeded sample), shipped Q8_0 model, "
         "greedy answers through the patched llama.cpp.",
         "",
-        "| kept image tokens | " + " | ".join(f"FastV K={k}" for k in LAYERS) + " | random K=2 |",
-        "|---|" + "---|" * (len(LAYERS) + 1),
-        f"| {N_IMAGE} (baseline) | " + " | ".join(f"{acc['baseline']:.3f}" for _ in range(len(LAYERS) + 1)) + " |",
+        "| kept image tokens | " + " | ".join(f"{'FastV' if s == 'fastv' else s} K={k}" for s, k in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        f"| {N_IMAGE} (baseline) | " + " | ".join(f"{acc['baseline']:.3f}" for _ in columns) + " |",
     ]
     for r in RATIOS:
-        kept = int(N_IMAGE * (1 - r))
-        cells = [f"{acc[f'fastv K={k} R={r:.2f}']:.3f}" for k in LAYERS] + [f"{acc[f'random K=2 R={r:.2f}']:.3f}"]
-        lines.append(f"| {kept} (R={int(r * 100)}%) | " + " | ".join(cells) + " |")
+        cells = [f"{acc[f'{s} K={k} R={r:.2f}']:.3f}" for s, k in columns]
+        lines.append(f"| {int(N_IMAGE * (1 - r))} (R={int(r * 100)}%) | " + " | ".join(cells) + " |")
+    lines += ["", "| setting | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name in names:
+        if name == "baseline" or name.endswith(("R=0.50", "R=0.90")):
+            lines.append(f"| {name} | " + " | ".join(f"{by_kind[name][kind]:.3f}" for kind in kinds) + " |")
     table = "\n".join(lines)
     docs.mkdir(parents=True, exist_ok=True)
-    (docs / "easyvqa-accuracy.json").write_text(json.dumps({"n": len(rows), "accuracy": acc}, indent=2))
+    counts = {kind: sum(question_kind(questions[r["q"]]) == kind for r in rows) for kind in kinds}
+    result = {"n": len(rows), "questions_per_kind": counts, "accuracy": acc, "accuracy_by_kind": by_kind}
+    (docs / "easyvqa-accuracy.json").write_text(json.dumps(result, indent=2))
     _plot(acc, docs / "img" / "easyvqa-accuracy.png")
     return table
 
@@ -101,15 +144,16 @@ def _plot(acc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     kept = [N_IMAGE] + [int(N_IMAGE * (1 - r)) for r in RATIOS]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, keys in [(f"FastV K={k}", [f"fastv K={k} R={r:.2f}" for r in RATIOS]) for k in LAYERS] + [
-        ("random K=2", [f"random K=2 R={r:.2f}" for r in RATIOS])
-    ]:
-        ax.plot(kept, [acc["baseline"]] + [acc[k] for k in keys], marker="o", label=label)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, k in enumerate(LAYERS):
+        for strategy, style in zip(STRATEGIES, ("-", "--"), strict=True):
+            values = [acc["baseline"]] + [acc[f"{strategy} K={k} R={r:.2f}"] for r in RATIOS]
+            label = f"{'FastV' if strategy == 'fastv' else 'random'} K={k}"
+            ax.plot(kept, values, style, marker="o" if strategy == "fastv" else "x", color=f"C{i}", label=label)
     ax.set_xlabel("image tokens kept (of 256)")
     ax.set_ylabel("accuracy")
-    ax.set_title("easy-vqa: accuracy vs kept image tokens")
-    ax.legend()
+    ax.set_title("easy-vqa: accuracy vs kept image tokens (1 = all answers right)")
+    ax.legend(ncol=2, fontsize=8)
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
