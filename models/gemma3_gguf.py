@@ -18,6 +18,7 @@ Weights are numpy (n_out, n_in), applied as x @ W.T, like models/llama_gguf.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import gguf
@@ -122,18 +123,28 @@ def write_gemma3_gguf(
         The path written.
     """
 
-    def add_keys(writer: gguf.GGUFWriter) -> None:
-        add_transformer_keys(writer, hp)
-        writer.add_key_length(hp.head_dim)
-        writer.add_value_length(hp.head_dim)
-        writer.add_rope_freq_base(hp.rope_freq_base)
-        writer.add_rope_freq_base_swa(hp.rope_freq_base_swa)
-        writer.add_sliding_window(hp.sliding_window)
-        writer.add_sliding_window_pattern(hp.swa_pattern)
-        writer.add_layer_norm_rms_eps(hp.rms_eps)
-        if hp.final_logit_softcapping is not None:
-            writer.add_final_logit_softcapping(hp.final_logit_softcapping)
-
     return write_model_gguf(
-        path, "gemma3", add_keys, tensor_shapes(hp), weights, hp.n_vocab, weight_type, tokenizer, name
+        path,
+        "gemma3",
+        partial(add_gemma3_keys, hp=hp),
+        tensor_shapes(hp),
+        weights,
+        hp.n_vocab,
+        weight_type,
+        tokenizer,
+        name,
     )
+
+
+def add_gemma3_keys(writer: gguf.GGUFWriter, hp: Gemma3HParams) -> None:
+    """The gemma3.* hyperparameter keys of hp."""
+    add_transformer_keys(writer, hp)
+    writer.add_key_length(hp.head_dim)
+    writer.add_value_length(hp.head_dim)
+    writer.add_rope_freq_base(hp.rope_freq_base)
+    writer.add_rope_freq_base_swa(hp.rope_freq_base_swa)
+    writer.add_sliding_window(hp.sliding_window)
+    writer.add_sliding_window_pattern(hp.swa_pattern)
+    writer.add_layer_norm_rms_eps(hp.rms_eps)
+    if hp.final_logit_softcapping is not None:
+        writer.add_final_logit_softcapping(hp.final_logit_softcapping)

@@ -183,15 +183,25 @@ def write_llama_gguf(
         The path written.
     """
 
-    def add_keys(writer: gguf.GGUFWriter) -> None:
-        add_transformer_keys(writer, hp)
-        writer.add_rope_dimension_count(hp.head_dim)
-        writer.add_rope_freq_base(hp.rope_freq_base)
-        writer.add_layer_norm_rms_eps(hp.rms_eps)
-
     return write_model_gguf(
-        path, "llama", add_keys, tensor_shapes(hp), weights, hp.n_vocab, weight_type, tokenizer, name
+        path,
+        "llama",
+        functools.partial(add_llama_keys, hp=hp),
+        tensor_shapes(hp),
+        weights,
+        hp.n_vocab,
+        weight_type,
+        tokenizer,
+        name,
     )
+
+
+def add_llama_keys(writer: gguf.GGUFWriter, hp: LlamaHParams) -> None:
+    """The llama.* hyperparameter keys of hp."""
+    add_transformer_keys(writer, hp)
+    writer.add_rope_dimension_count(hp.head_dim)
+    writer.add_rope_freq_base(hp.rope_freq_base)
+    writer.add_layer_norm_rms_eps(hp.rms_eps)
 
 
 def write_model_gguf(

@@ -26,17 +26,20 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from models.gemma3_gguf import Gemma3HParams
+from models.gemma3_gguf import Gemma3HParams, add_gemma3_keys
 from models.gemma3_gguf import tensor_shapes as gemma3_shapes
-from models.llama_gguf import LlamaHParams, Tokenizer, add_transformer_keys, read_tokenizer
+from models.llama_gguf import LlamaHParams, Tokenizer, add_llama_keys, read_tokenizer
 from models.llama_gguf import tensor_shapes as llama_shapes
 from models.make_tiny import random_clip_weights
 from models.mmproj import ClipHParams, write_mmproj_gguf
 from models.mmproj_archs import VisionHParams, random_vision_weights, write_vision_mmproj
-from models.qwen2vl_gguf import Qwen2VLHParams
+from models.qwen2vl_gguf import Qwen2VLHParams, add_qwen2vl_keys
 from models.qwen2vl_gguf import tensor_shapes as qwen2vl_shapes
 
 SYNTHETIC_KEY = "fastv_edge.synthetic_weights"
+# per architecture: its hyperparameter keys and tensor shapes, as the tiny-model writers use them
+ARCH_KEYS = {"llama": add_llama_keys, "qwen2vl": add_qwen2vl_keys, "gemma3": add_gemma3_keys}
+ARCH_SHAPES = {"llama": llama_shapes, "qwen2vl": qwen2vl_shapes, "gemma3": gemma3_shapes}
 QK8_0 = 32
 Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (QK8_0,))])  # 34 bytes, ggml's block_q8_0
 INT8_STD = float(np.sqrt((255**2 - 1) / 12))  # std of a uniform integer in [-127, 127]
@@ -256,25 +259,6 @@ def _vector(rng: np.random.Generator, name: str, n: int) -> np.ndarray:
     return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)  # norm weights
 
 
-def _add_keys(w: gguf.GGUFWriter, shape: Shape) -> None:
-    hp = shape.hparams
-    add_transformer_keys(w, hp)
-    if shape.arch == "gemma3":  # the keys models/gemma3_gguf.py writes
-        w.add_key_length(hp.head_dim)
-        w.add_value_length(hp.head_dim)
-        w.add_rope_freq_base(hp.rope_freq_base)
-        w.add_rope_freq_base_swa(hp.rope_freq_base_swa)
-        w.add_sliding_window(hp.sliding_window)
-        w.add_sliding_window_pattern(hp.swa_pattern)
-        w.add_layer_norm_rms_eps(hp.rms_eps)
-        return
-    w.add_rope_dimension_count(hp.head_dim)
-    if shape.arch == "qwen2vl":
-        w.add_rope_dimension_sections([int(s) for s in hp.rope_sections])
-    w.add_rope_freq_base(hp.rope_freq_base)
-    w.add_layer_norm_rms_eps(hp.rms_eps)
-
-
 def write_text_model(
     path: Path, name: str, shape: Shape, tokenizer: Tokenizer, base: str, seed: int, description: str
 ) -> Path:
@@ -296,14 +280,14 @@ def write_text_model(
     hp = shape.hparams
     if tokenizer.n_vocab != hp.n_vocab:
         hp = type(hp)(**{**asdict(hp), "n_vocab": tokenizer.n_vocab})
-    shapes = {"qwen2vl": qwen2vl_shapes, "gemma3": gemma3_shapes}.get(shape.arch, llama_shapes)(hp)
+    shapes = ARCH_SHAPES[shape.arch](hp)
     w = gguf.GGUFWriter(str(path), arch=shape.arch)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
     w.add_description(description)
     w.add_bool(SYNTHETIC_KEY, True)
     w.add_file_type(FTYPES[base])
-    _add_keys(w, shape)
+    ARCH_KEYS[shape.arch](w, hp)
     w.add_vocab_size(tokenizer.n_vocab)
     for key, value, vtype, sub_type in tokenizer.fields:
         w.add_key_value(key, value, vtype, sub_type=sub_type)

@@ -13,6 +13,7 @@ Weights are numpy (n_out, n_in), applied as x @ W.T, like models/llama_gguf.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import gguf
@@ -79,14 +80,24 @@ def write_qwen2vl_gguf(
         The path written.
     """
 
-    def add_keys(writer: gguf.GGUFWriter) -> None:
-        add_transformer_keys(writer, hp)
-        writer.add_rope_dimension_count(hp.head_dim)  # qwen2vl.cpp asserts n_rot == head_dim
-        writer.add_rope_dimension_sections([int(s) for s in hp.rope_sections])
-        writer.add_rope_freq_base(hp.rope_freq_base)
-        # the pinned qwen2vl loader does not read this key (see tests/reference_archs.py)
-        writer.add_layer_norm_rms_eps(hp.rms_eps)
-
     return write_model_gguf(
-        path, "qwen2vl", add_keys, tensor_shapes(hp), weights, hp.n_vocab, weight_type, tokenizer, name
+        path,
+        "qwen2vl",
+        partial(add_qwen2vl_keys, hp=hp),
+        tensor_shapes(hp),
+        weights,
+        hp.n_vocab,
+        weight_type,
+        tokenizer,
+        name,
     )
+
+
+def add_qwen2vl_keys(writer: gguf.GGUFWriter, hp: Qwen2VLHParams) -> None:
+    """The qwen2vl.* hyperparameter keys of hp."""
+    add_transformer_keys(writer, hp)
+    writer.add_rope_dimension_count(hp.head_dim)  # qwen2vl.cpp asserts n_rot == head_dim
+    writer.add_rope_dimension_sections([int(s) for s in hp.rope_sections])
+    writer.add_rope_freq_base(hp.rope_freq_base)
+    # the pinned qwen2vl loader does not read this key (see tests/reference_archs.py)
+    writer.add_layer_norm_rms_eps(hp.rms_eps)
