@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _native
 from .flops import flops_ratio
+from .model import read_model_info
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Runner:
         import llama_cpp
 
         self.lc = llama_cpp
+        self.info = read_model_info(model_path)  # checked metadata; a clear error before llama.cpp sees it
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
@@ -57,7 +59,7 @@ class Runner:
         mrope = (llama_cpp.LLAMA_ROPE_TYPE_MROPE, llama_cpp.LLAMA_ROPE_TYPE_IMROPE)
         self.n_pos = 4 if llama_cpp.llama_model_rope_type(self.model) in mrope else 1
         # Gemma 3's image block is decoded non-causally, as mtmd does (mtmd_decode_use_non_causal)
-        self.non_causal_image = _model_arch(self.model) == "gemma3"
+        self.non_causal_image = self.info.architecture == "gemma3"
         vocab = llama_cpp.llama_model_get_vocab(self.model)
         n_prompt = n_image + 64
         params = llama_cpp.llama_context_default_params()
@@ -158,14 +160,6 @@ class Runner:
         return (t1 - t0) * 1e3, (t2 - t1) * 1e3, (c2 - c0) * 1e3, len(_native.get_kept(self.ctx))
 
 
-def _model_arch(model) -> str:
-    import llama_cpp
-
-    buf = ctypes.create_string_buffer(64)
-    n = llama_cpp.llama_model_meta_val_str(model, b"general.architecture", buf, len(buf))
-    return buf.value.decode() if n > 0 else ""
-
-
 def measure(
     model_path: str,
     *,
@@ -190,9 +184,11 @@ def measure(
     Returns:
         {"model", "n_layer", "n_embd", "n_ff", "n_tokens", "k", "n_threads", "reps", "rows": [Row...]}
     """
-    n_ff = n_ff or _read_n_ff(model_path)
     runner = Runner(model_path, n_image, n_threads)
     try:
+        n_ff = n_ff or runner.info.n_ff
+        if not n_ff:
+            raise ValueError(f"{model_path} has no feed_forward_length key: pass n_ff for the FLOPs formula")
         samples = {"stock": [], **{r: [] for r in drop_ratios}}
         kept = {}
         for rep in range(reps + 1):  # round 0 warms caches and allocators up
@@ -228,15 +224,6 @@ def measure(
         }
     finally:
         runner.close()
-
-
-def _read_n_ff(model_path: str) -> int:
-    import gguf
-
-    reader = gguf.GGUFReader(model_path)
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    field = reader.fields[f"{arch}.feed_forward_length"]
-    return int(field.parts[field.data[0]][0])
 
 
 def format_table(result: dict) -> str:
