@@ -180,18 +180,24 @@ def write_mmproj_gguf(
         raise ValueError(f"weight_type must be one of {sorted(WEIGHT_TYPES)}, got {weight_type!r}")
     _check_weights(hp, weights)
     qtype, ftype = WEIGHT_TYPES[weight_type]
-    f32, i32 = gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.INT32
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch="clip")
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    writer.add_name(name)
-    writer.add_description("image encoder for LLaVA")
-    writer.add_file_type(ftype)
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_bool(gguf.Keys.Clip.HAS_LLAVA_PROJECTOR, True)
-    writer.add_clip_projector_type(PROJECTOR_TYPE)
+    def add_keys(writer: gguf.GGUFWriter) -> None:
+        writer.add_name(name)
+        writer.add_description("image encoder for LLaVA")
+        writer.add_file_type(ftype)
+        writer.add_clip_has_vision_encoder(True)
+        writer.add_bool(gguf.Keys.Clip.HAS_LLAVA_PROJECTOR, True)
+        writer.add_clip_projector_type(PROJECTOR_TYPE)
+        add_vision_keys(writer, hp, hp.use_gelu, hp.image_mean, hp.image_std)
+        i32 = gguf.GGUFValueType.INT32
+        writer.add_key_value("clip.vision.feature_layer", [hp.n_blocks_run], gguf.GGUFValueType.ARRAY, i32)
+
+    return write_clip_gguf(path, add_keys, {n: weights[n] for n in tensor_shapes(hp)}, qtype)
+
+
+def add_vision_keys(writer: gguf.GGUFWriter, hp, use_gelu: bool, mean, std) -> None:
+    """The clip.vision.* shape keys every projector type shares (hp: ClipHParams or alike)."""
+    f32 = gguf.GGUFValueType.FLOAT32
     writer.add_vision_image_size(hp.image_size)
     writer.add_vision_patch_size(hp.patch_size)
     writer.add_vision_embedding_length(hp.n_embd)
@@ -200,12 +206,20 @@ def write_mmproj_gguf(
     writer.add_vision_head_count(hp.n_head)
     writer.add_vision_attention_layernorm_eps(hp.eps)
     writer.add_vision_projection_dim(hp.projection_dim)
-    writer.add_vision_use_gelu(hp.use_gelu)
-    writer.add_key_value(gguf.Keys.ClipVision.IMAGE_MEAN, list(hp.image_mean), gguf.GGUFValueType.ARRAY, f32)
-    writer.add_key_value(gguf.Keys.ClipVision.IMAGE_STD, list(hp.image_std), gguf.GGUFValueType.ARRAY, f32)
-    writer.add_key_value("clip.vision.feature_layer", [hp.n_blocks_run], gguf.GGUFValueType.ARRAY, i32)
-    for tname in tensor_shapes(hp):
-        data = encode_tensor(tname, weights[tname], qtype)
+    writer.add_vision_use_gelu(use_gelu)
+    writer.add_key_value(gguf.Keys.ClipVision.IMAGE_MEAN, list(mean), gguf.GGUFValueType.ARRAY, f32)
+    writer.add_key_value(gguf.Keys.ClipVision.IMAGE_STD, list(std), gguf.GGUFValueType.ARRAY, f32)
+
+
+def write_clip_gguf(path: str | Path, add_keys, tensors: dict[str, np.ndarray], qtype) -> Path:
+    """Write an mmproj file: add_keys(writer) adds the metadata, tensors go in dict order via encode_tensor."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch="clip")
+    writer.add_type(gguf.GGUFType.MMPROJ)
+    add_keys(writer)
+    for tname, array in tensors.items():
+        data = encode_tensor(tname, array, qtype)
         writer.add_tensor(tname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -28,7 +28,7 @@ import gguf
 import numpy as np
 
 from models.llama_gguf import WEIGHT_TYPES
-from models.mmproj import encode_tensor
+from models.mmproj import add_vision_keys, write_clip_gguf
 
 PROJECTORS = ("qwen2vl_merger", "gemma3")
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Gemma 3's SigLIP preprocessing
@@ -159,40 +159,21 @@ def write_vision_mmproj(
     if bad:
         raise ValueError(f"weights do not match hparams: {bad[:5]}")
     qtype, ftype = WEIGHT_TYPES[weight_type]
-    f32 = gguf.GGUFValueType.FLOAT32
     qwen = hp.projector == "qwen2vl_merger"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), arch="clip")
-    w.add_type(gguf.GGUFType.MMPROJ)
-    w.add_name(name or f"tiny-{hp.projector}-mmproj")
-    w.add_file_type(ftype)
-    w.add_clip_has_vision_encoder(True)
-    w.add_clip_projector_type(hp.projector)
-    w.add_vision_image_size(hp.image_size)
-    w.add_vision_patch_size(hp.patch_size)
-    w.add_vision_embedding_length(hp.n_embd)
-    w.add_vision_feed_forward_length(hp.n_ff)
-    w.add_vision_block_count(hp.n_layer)
-    w.add_vision_head_count(hp.n_head)
-    w.add_vision_attention_layernorm_eps(hp.eps)
-    w.add_vision_projection_dim(hp.projection_dim)
-    w.add_vision_use_gelu(not qwen)  # Qwen2-VL's ViT uses quick-GELU, SigLIP GELU
-    mean, std = (QWEN2VL_MEAN, QWEN2VL_STD) if qwen else (SIGLIP_MEAN, SIGLIP_STD)
-    w.add_key_value(gguf.Keys.ClipVision.IMAGE_MEAN, list(mean), gguf.GGUFValueType.ARRAY, f32)
-    w.add_key_value(gguf.Keys.ClipVision.IMAGE_STD, list(std), gguf.GGUFValueType.ARRAY, f32)
-    if qwen:
-        w.add_uint32("clip.vision.spatial_merge_size", hp.merge)
-    else:
-        w.add_uint32("clip.vision.projector.scale_factor", hp.merge)
-    for tname in expected:
-        data = encode_tensor(tname, weights[tname], qtype)
-        w.add_tensor(tname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+
+    def add_keys(w: gguf.GGUFWriter) -> None:
+        w.add_name(name or f"tiny-{hp.projector}-mmproj")
+        w.add_file_type(ftype)
+        w.add_clip_has_vision_encoder(True)
+        w.add_clip_projector_type(hp.projector)
+        mean, std = (QWEN2VL_MEAN, QWEN2VL_STD) if qwen else (SIGLIP_MEAN, SIGLIP_STD)
+        add_vision_keys(w, hp, not qwen, mean, std)  # Qwen2-VL's ViT uses quick-GELU, SigLIP GELU
+        if qwen:
+            w.add_uint32("clip.vision.spatial_merge_size", hp.merge)
+        else:
+            w.add_uint32("clip.vision.projector.scale_factor", hp.merge)
+
+    return write_clip_gguf(path, add_keys, {n: weights[n] for n in expected}, qtype)
 
 
 def make_tiny_vision_mmproj(
