@@ -26,8 +26,9 @@ $(DEPS): pyproject.toml | native
 demo: setup
 	$(VPY) -m fastv_edge.demo
 
+# setup has just built or installed the native library, so native tests must run, never skip.
 test: setup
-	$(VPY) -m pytest -q
+	FASTV_EDGE_REQUIRE_NATIVE=1 $(VPY) -m pytest -q
 
 lint: $(VPY)
 	@$(VPY) -m ruff --version >/dev/null 2>&1 || $(VPY) -m pip install -q ruff
