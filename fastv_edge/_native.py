@@ -4,7 +4,9 @@ The library is the one llama-cpp-python loads (llama_cpp._lib), so FastV calls a
 same llama_context objects as llama-cpp-python. On a stock library every binding raises
 PatchMissingError instead of silently returning None.
 
-The raw bindings mirror llama.h; the `checked_*` helpers turn return codes into exceptions.
+The raw bindings mirror llama.h. The wrappers below them (begin, finish, ...) are what the
+rest of the package calls: they take the budget as an integer n_keep (the floor of N*(1-R) is
+computed once, in pruning.n_keep) and turn every status code into a NativeError.
 """
 
 from __future__ import annotations
@@ -22,14 +24,6 @@ _ctypes_function = ctypes_function_for_shared_library(_lib)
 
 SYMBOLS = FASTV_SYMBOLS
 HAS_FASTV = all(hasattr(_lib, name) for name in SYMBOLS)
-
-# enum llama_fastv_status
-FASTV_OK = 0
-FASTV_ERR_ARG = -1
-FASTV_ERR_UNSUPPORTED = -2
-FASTV_ERR_STATE = -3
-FASTV_ERR_PROMPT = -4
-FASTV_ERR_DECODE = -5
 
 _ctx_p = llama_cpp.llama_context_p_ctypes
 
@@ -121,18 +115,21 @@ def _check(func: str, code: int, hint: str = "") -> int:
     return code
 
 
-def begin(ctx, seq_id: int, k: int, drop_ratio: float) -> None:
-    """Start a FastV prefill of seq_id: decode the prompt next, then call finish()."""
-    _check("llama_fastv_begin", llama_fastv_begin(ctx, seq_id, k, drop_ratio))
+def begin(ctx, seq_id: int, layer: int) -> None:
+    """Start a FastV prefill of seq_id at layer K: decode the prompt next, then call finish()."""
+    # the budget is given to finish() once N is known; R=0 here keeps C's own default out of the way
+    _check("llama_fastv_begin", llama_fastv_begin(ctx, seq_id, layer, 0.0))
 
 
-def finish(ctx) -> None:
-    """Rank the image tokens, keep the top ones and run layers >= K on the kept tokens."""
-    _check("llama_fastv_finish", llama_fastv_finish(ctx))
+def finish(ctx, n_keep: int) -> None:
+    """Keep the n_keep image tokens the last prompt token attends to most; run layers >= K on them."""
+    from .pruning import select_top_k
+
+    finish_with_keep(ctx, select_top_k(get_scores(ctx), n_keep).tolist())
 
 
 def finish_with_keep(ctx, keep) -> None:
-    """Like finish(), with the kept image-token indices (prompt order) chosen by the caller."""
+    """Like finish(), with the kept image-token indices (ascending, prompt order) chosen by the caller."""
     keep = [int(i) for i in keep]
     arr = (ctypes.c_int32 * max(len(keep), 1))(*keep)
     _check("llama_fastv_finish_with_keep", llama_fastv_finish_with_keep(ctx, arr, len(keep)))
@@ -159,11 +156,11 @@ def get_kept(ctx) -> list[int]:
     return list(out[:n])
 
 
-def hide(ctx, seq_id: int, positions, k: int) -> None:
-    """Hide the cells of seq_id at `positions` from layers >= k (layers < k still see them)."""
+def hide(ctx, seq_id: int, positions, layer: int) -> None:
+    """Hide the cells of seq_id at `positions` from layers >= K (layers < K still see them)."""
     positions = [int(p) for p in positions]
     arr = (llama_cpp.llama_pos * max(len(positions), 1))(*positions)
-    _check("llama_fastv_hide", llama_fastv_hide(ctx, seq_id, arr, len(positions), k))
+    _check("llama_fastv_hide", llama_fastv_hide(ctx, seq_id, arr, len(positions), layer))
 
 
 def n_hidden(ctx) -> int:

@@ -63,11 +63,10 @@ def easyvqa_prompt(question: str, directory: Path = ROOT / "models" / "easyvqa")
 
 def tiny_setup(workdir: Path) -> tuple[Path, Path, Path, str]:
     """Generate the tiny model pair and save scikit-image's astronaut photo."""
-    sys.path.insert(0, str(ROOT))  # models/ is a folder of scripts in the source tree
     from PIL import Image
     from skimage import data
 
-    from models.make_tiny import make_tiny
+    from fastv_edge.testing.make_tiny import make_tiny
 
     tiny = make_tiny(workdir)
     photo = workdir / "astronaut.png"

@@ -4,6 +4,38 @@ Bad arguments raise ValueError. Problems with the environment, the model files o
 native library raise a FastVEdgeError subclass whose message names the fix.
 """
 
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """enum llama_fastv_status of the patched llama.h: the one spelling of its codes."""
+
+    OK = 0
+    BAD_ARG = -1
+    UNSUPPORTED = -2
+    BAD_STATE = -3
+    BAD_PROMPT = -4
+    DECODE = -5
+
+    @classmethod
+    def describe(cls, code: int) -> str:
+        """'LLAMA_FASTV_STATUS_BAD_ARG (-1): invalid argument' for a known code."""
+        try:
+            status = cls(code)
+        except ValueError:
+            return f"unknown status {code}"
+        return f"LLAMA_FASTV_STATUS_{status.name} ({code}): {_REASONS[status]}"
+
+
+_REASONS = {
+    Status.OK: "ok",
+    Status.BAD_ARG: "invalid argument",
+    Status.UNSUPPORTED: "unsupported model or context setting",
+    Status.BAD_STATE: "call out of order",
+    Status.BAD_PROMPT: "the recorded prompt cannot be pruned",
+    Status.DECODE: "the deep pass failed to decode",
+}
+
 
 class FastVEdgeError(Exception):
     """Base class for environment, model and native-library errors."""
@@ -18,13 +50,13 @@ class ModelLoadError(FastVEdgeError):
 
 
 class NativeError(FastVEdgeError):
-    """A llama_fastv_* call returned an error code."""
+    """A llama_fastv_* (or other llama.cpp) call returned an error code."""
 
     def __init__(self, func: str, code: int, hint: str = ""):
         self.func = func
         self.code = code
-        reason = _REASONS.get(code, "unknown error")
-        msg = f"{func} failed with code {code} ({reason})"
+        reason = Status.describe(code) if func.startswith("llama_fastv_") else f"code {code}"
+        msg = f"{func} failed ({reason})"
         super().__init__(f"{msg}: {hint}" if hint else msg)
 
 
@@ -34,13 +66,3 @@ class ContextOverflowError(FastVEdgeError):
 
 class UnsupportedModelError(FastVEdgeError):
     """The model's architecture has no FastV support in the patched llama.cpp."""
-
-
-# Mirrors enum llama_fastv_status in the patched llama.h.
-_REASONS = {
-    -1: "invalid argument",
-    -2: "unsupported model or context setting",
-    -3: "call out of order",
-    -4: "the recorded prompt cannot be pruned",
-    -5: "the deep pass failed to decode",
-}

@@ -26,7 +26,7 @@ import llama_cpp.mtmd_cpp as mtmd
 
 from . import _native
 from .config import PruneConfig
-from .errors import ContextOverflowError, NativeError, UnsupportedModelError
+from .errors import ContextOverflowError, NativeError, Status, UnsupportedModelError
 from .images import RGBImage
 from .pruning import make_pruner, n_keep
 
@@ -289,14 +289,13 @@ def prefill(
     stats = PrefillStats(n_prompt_tokens=prompt.n_tokens, n_image_tokens=n_image, n_kept=n_image, pruned=use_fastv)
     start = n_past
     if use_fastv:
-        ratio = prune.drop_ratio if (prune.strategy == "fastv" and prune.keep is None) else 0.0
-        _begin(ctx, prune.layer, ratio)
+        _begin(ctx, prune.layer)
     try:
         n_past = _decode_pieces(ctx, mtmd_ctx, prompt, batch, n_past, not use_fastv, stats, progress)
         if use_fastv:
             with progress(f"prefill: layers >= {prune.layer} on {budget} of {n_image} image tokens"):
                 t0 = time.perf_counter()
-                _finish(ctx, prune)
+                _finish(ctx, prune, budget)
                 stats.deep_ms = (time.perf_counter() - t0) * 1e3
             stats.kept = _native.get_kept(ctx)
             stats.n_kept = len(stats.kept)
@@ -346,21 +345,21 @@ def _warn_unranked(scores: list[float], layer: int) -> int:
     return n_zero
 
 
-def _begin(ctx, layer: int, drop_ratio: float) -> None:
+def _begin(ctx, layer: int) -> None:
     try:
-        _native.begin(ctx, 0, layer, drop_ratio)
+        _native.begin(ctx, 0, layer)
     except NativeError as e:
-        if e.code == _native.FASTV_ERR_UNSUPPORTED:
+        if e.code == Status.UNSUPPORTED:
             raise UnsupportedModelError(
                 f"{e}: this model or context setting has no FastV support; use strategy 'none' (--strategy none)"
             ) from e
         raise
 
 
-def _finish(ctx, prune: PruneConfig) -> None:
-    if prune.strategy == "fastv" and prune.keep is None:
-        _native.finish(ctx)  # C ranks and keeps floor(N * (1 - R))
+def _finish(ctx, prune: PruneConfig, budget: int) -> None:
+    if prune.strategy == "fastv":
+        _native.finish(ctx, budget)  # the top `budget` of layer K-1's attention
         return
-    # absolute keep or random: scores exist only once every chunk is decoded
+    # random: scores exist only once every chunk is decoded
     scores = _native.get_scores(ctx)  # (N,)
     _native.finish_with_keep(ctx, make_pruner(prune)(scores).tolist())

@@ -25,6 +25,7 @@ import numpy as np
 from . import _native
 from .flops import flops_ratio
 from .model import read_model_info
+from .pruning import n_keep_for_ratio
 
 
 @dataclass
@@ -146,12 +147,12 @@ class Runner:
         """(phase-1 wall ms, phase-2 wall ms, total process CPU ms, n_kept) of a FastV prefill."""
         self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
         t0, c0 = time.perf_counter(), time.process_time()
-        _native.begin(self.ctx, 0, k, drop_ratio)
+        _native.begin(self.ctx, 0, k)
         try:
             self._prompt()
             self.lc.llama_synchronize(self.ctx)
             t1 = time.perf_counter()
-            _native.finish(self.ctx)
+            _native.finish(self.ctx, n_keep_for_ratio(len(self.image), drop_ratio))
         except BaseException:
             _native.abort(self.ctx)
             raise

@@ -26,15 +26,15 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from models.gemma3_gguf import Gemma3HParams, add_gemma3_keys
-from models.gemma3_gguf import tensor_shapes as gemma3_shapes
-from models.llama_gguf import LlamaHParams, Tokenizer, add_llama_keys, read_tokenizer
-from models.llama_gguf import tensor_shapes as llama_shapes
-from models.make_tiny import random_clip_weights
-from models.mmproj import ClipHParams, write_mmproj_gguf
-from models.mmproj_archs import VisionHParams, random_vision_weights, write_vision_mmproj
-from models.qwen2vl_gguf import Qwen2VLHParams, add_qwen2vl_keys
-from models.qwen2vl_gguf import tensor_shapes as qwen2vl_shapes
+from fastv_edge.testing.gemma3_gguf import Gemma3HParams, add_gemma3_keys
+from fastv_edge.testing.gemma3_gguf import tensor_shapes as gemma3_shapes
+from fastv_edge.testing.llama_gguf import LlamaHParams, Tokenizer, add_llama_keys, read_tokenizer
+from fastv_edge.testing.llama_gguf import tensor_shapes as llama_shapes
+from fastv_edge.testing.make_tiny import random_clip_weights
+from fastv_edge.testing.mmproj import ClipHParams, write_mmproj_gguf
+from fastv_edge.testing.mmproj_archs import VisionHParams, random_vision_weights, write_vision_mmproj
+from fastv_edge.testing.qwen2vl_gguf import Qwen2VLHParams, add_qwen2vl_keys
+from fastv_edge.testing.qwen2vl_gguf import tensor_shapes as qwen2vl_shapes
 
 SYNTHETIC_KEY = "fastv_edge.synthetic_weights"
 # per architecture: its hyperparameter keys and tensor shapes, as the tiny-model writers use them
@@ -226,7 +226,7 @@ def resolve_tokenizer(shape: Shape, vocab_dirs: list[Path] | None) -> tuple[Toke
 def _std(name: str, shape: tuple[int, ...], n_embd: int) -> float:
     kind = name.rsplit(".", 2)[-2]
     if kind in ("token_embd", "output"):
-        return 2.5 * n_embd**-0.5  # logits of std ~2.5, like models/make_tiny.py
+        return 2.5 * n_embd**-0.5  # logits of std ~2.5, like fastv_edge/testing/make_tiny.py
     if kind in ("attn_q", "attn_k"):
         return 1.4 * n_embd**-0.5
     return shape[1] ** -0.5  # unit gain on the fan-in

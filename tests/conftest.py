@@ -54,7 +54,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def make_tiny_models(tiny_dir):
     """Factory: make_tiny_models(weight_type="f32", seed=0, **shape) -> TinyModels, cached."""
-    from models.make_tiny import make_tiny
+    from fastv_edge.testing.make_tiny import make_tiny
 
     def factory(weight_type: str = "f32", seed: int = 0, **shape):
         return make_tiny(tiny_dir, seed=seed, weight_type=weight_type, **shape)

@@ -28,10 +28,11 @@ def run_stock(drv, segments, tokens):
 
 def run_fastv(native, drv, segments, tokens, k, drop_ratio=0.0, keep=None):
     drv.clear()
-    native.begin(drv.ctx, 0, k, drop_ratio)
+    # the raw C calls: C's own ranking and floor(N * (1 - R)) are what these tests check
+    assert native.llama_fastv_begin(drv.ctx, 0, k, drop_ratio) == 0
     drv.decode_segments(segments)
     if keep is None:
-        native.finish(drv.ctx)
+        assert native.llama_fastv_finish(drv.ctx) == 0
     else:
         native.finish_with_keep(drv.ctx, keep)
     scores = np.array(native.get_scores(drv.ctx))

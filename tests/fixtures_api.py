@@ -44,8 +44,8 @@ def smollm2_mmproj(smollm2_path, tiny_dir) -> Path:
 
     Pairs the real quantized 30-layer text model with mtmd, so FastV runs on real LM weights.
     """
-    from models.make_tiny import random_clip_weights
-    from models.mmproj import ClipHParams, write_mmproj_gguf
+    from fastv_edge.testing.make_tiny import random_clip_weights
+    from fastv_edge.testing.mmproj import ClipHParams, write_mmproj_gguf
 
     path = tiny_dir / "smollm2-mmproj-D576-f32-s0.gguf"
     if not path.is_file():

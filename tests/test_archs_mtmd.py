@@ -39,8 +39,8 @@ def pair(request, tiny_dir):
     """Tiny text model + a projector of its family (output std like test_fastv_archs' rows)."""
     from reference_archs import RefGemma3, RefQwen2VL
 
-    from models.make_tiny_archs import make_tiny_gemma3, make_tiny_qwen2vl
-    from models.mmproj_archs import make_tiny_vision_mmproj
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3, make_tiny_qwen2vl
+    from fastv_edge.testing.mmproj_archs import make_tiny_vision_mmproj
 
     if request.param == "qwen2vl":
         lm = make_tiny_qwen2vl(tiny_dir)
@@ -80,13 +80,13 @@ def mtmd_prefill(session, native=None, k=2, drop_ratio=0.0):
     if native is None:
         session.eval()
         return
-    native.begin(session.driver.ctx, 0, k, drop_ratio)
+    assert native.llama_fastv_begin(session.driver.ctx, 0, k, drop_ratio) == 0  # C's own ranking
     try:
         session.eval()
     except BaseException:
         native.abort(session.driver.ctx)
         raise
-    native.finish(session.driver.ctx)
+    assert native.llama_fastv_finish(session.driver.ctx) == 0
 
 
 def reference_segments(session, chunks, name):
@@ -211,8 +211,8 @@ def test_gemma3_warns_when_layer_k_minus_1_cannot_see_every_image_token(tiny_dir
     layer 1's window: K=2 warns and counts the unranked tokens, K=3 (global layer 2) does not."""
     import warnings
 
-    from models.make_tiny_archs import make_tiny_gemma3
-    from models.mmproj_archs import make_tiny_vision_mmproj
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3
+    from fastv_edge.testing.mmproj_archs import make_tiny_vision_mmproj
 
     lm = make_tiny_gemma3(tiny_dir)
     mmproj, hp = make_tiny_vision_mmproj(tiny_dir, "gemma3", lm.hparams.n_embd, out_std=2.5)

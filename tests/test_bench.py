@@ -141,7 +141,7 @@ def test_shape_generator_streams_q8_0_and_quantizes(tmp_path, smollm2_path):
 
     import gguf
 
-    from models.llama_gguf import LlamaHParams, read_tokenizer
+    from fastv_edge.testing.llama_gguf import LlamaHParams, read_tokenizer
     from models.make_shapes import SHAPES, SYNTHETIC_KEY, quantize, write_text_model
 
     small = dataclasses.replace(SHAPES["smolvlm-500m"], hparams=LlamaHParams(n_layer=2, n_embd=64, n_ff=128))
@@ -162,8 +162,8 @@ def test_gemma3_shape_writes_a_model_llama_cpp_runs(tmp_path, smollm2_path, llam
     """The gemma-3-4b shape's writer at a tiny size: gemma3 keys (head_dim, window, pattern) load and run."""
     import dataclasses
 
-    from models.gemma3_gguf import Gemma3HParams
-    from models.llama_gguf import read_tokenizer
+    from fastv_edge.testing.gemma3_gguf import Gemma3HParams
+    from fastv_edge.testing.llama_gguf import read_tokenizer
     from models.make_shapes import SHAPES, write_text_model
 
     hp = Gemma3HParams(n_layer=6, n_embd=64, head_dim=32, n_ff=128, sliding_window=16, swa_pattern=3)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from fastv_helpers import cut_gap, forced_tokens, run_fastv, run_ref, run_stock
 
+from fastv_edge.errors import Status
+
 pytestmark = pytest.mark.native
 
 GRID = (8, 5)  # qwen2vl image: nx, ny = 40 tokens
@@ -28,7 +30,7 @@ def native():
 def arch(request, tiny_dir):
     from reference_archs import RefGemma3, RefQwen2VL
 
-    from models.make_tiny_archs import make_tiny_gemma3, make_tiny_qwen2vl
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3, make_tiny_qwen2vl
 
     if request.param == "qwen2vl":
         model = make_tiny_qwen2vl(tiny_dir)
@@ -113,15 +115,15 @@ def test_gemma3_window_overwritten_before_finish(native, tiny_dir):
     import llama_cpp
     from llama_driver import LlamaDriver
 
-    from models.make_tiny_archs import make_tiny_gemma3
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3
 
     model = make_tiny_gemma3(tiny_dir)
     with LlamaDriver(model.path, n_ctx=1024, n_batch=64, n_ubatch=64, swa_full=False) as drv:
-        native.begin(drv.ctx, 0, 2, 0.5)
+        assert native.llama_fastv_begin(drv.ctx, 0, 2, 0.5) == Status.OK
         for _ in range(6):  # 6 * 60 text tokens, far beyond window 16 + ubatch 64 padded to 256 cells
             drv.decode_tokens(drv.tokenize(" word" * 60), logits_last=False)
         rows = np.random.default_rng(0).standard_normal((16, drv.n_embd)).astype(np.float32)
         drv.decode_embd(rows, causal=False)
         drv.decode_tokens(drv.tokenize(" end"))
-        assert native.llama_fastv_finish(drv.ctx) == native.FASTV_ERR_PROMPT
+        assert native.llama_fastv_finish(drv.ctx) == Status.BAD_PROMPT
         assert not llama_cpp.llama_get_logits_ith(drv.ctx, -1)

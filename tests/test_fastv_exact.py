@@ -203,9 +203,9 @@ def test_second_image_appended_to_pruned_history(tiny, ref, native, driver_cls):
         seg2 = make_prompt(drv, ref, seed=8, n_img=24)
         tokens = forced_tokens(drv)
         first, _, kept1 = run_fastv(native, drv, seg1, tokens[:2], 2, 0.5)
-        native.begin(drv.ctx, 0, 2, 0.75)
+        assert native.llama_fastv_begin(drv.ctx, 0, 2, 0.75) == 0
         drv.decode_segments(seg2)
-        native.finish(drv.ctx)
+        assert native.llama_fastv_finish(drv.ctx) == 0
         kept2 = native.get_kept(drv.ctx)
         got = np.array(continue_decoding(drv, tokens[2:]))
         assert native.n_hidden(drv.ctx) == (N_IMG - len(kept1)) + (24 - len(kept2))

@@ -169,9 +169,9 @@ def test_state_save_refused_while_hidden(drv, nv):
 @pytest.fixture(scope="module")
 def qwen2_path(tiny_dir):
     """A tiny text-only Qwen2 (arch qwen2): the patch has no stage hooks in that graph."""
-    from models.llama_gguf import add_transformer_keys, write_model_gguf
-    from models.make_tiny_archs import random_qwen2vl_weights
-    from models.qwen2vl_gguf import Qwen2VLHParams, tensor_shapes
+    from fastv_edge.testing.llama_gguf import add_transformer_keys, write_model_gguf
+    from fastv_edge.testing.make_tiny_archs import random_qwen2vl_weights
+    from fastv_edge.testing.qwen2vl_gguf import Qwen2VLHParams, tensor_shapes
 
     hp = Qwen2VLHParams()
     path = tiny_dir / "tiny-qwen2.gguf"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fastv_edge.pruning import n_keep_for_ratio
+
 pytestmark = pytest.mark.native
 
 N_IMAGE = 256  # Gemma 3's mm_tokens_per_image
@@ -69,11 +71,11 @@ def test_fastv_on_real_weights(driver):
 
     for drop_ratio in (0.0, 0.5):
         driver.clear()
-        _native.begin(driver.ctx, 0, 2, drop_ratio)
+        _native.begin(driver.ctx, 0, 2)
         driver.decode_tokens(driver.tokenize(HEAD, add_special=True), logits_last=False)
         driver.decode_embd(image, causal=False)
         driver.decode_tokens(driver.tokenize(TAIL))
-        _native.finish(driver.ctx)
+        _native.finish(driver.ctx, n_keep_for_ratio(N_IMAGE, drop_ratio))
         scores, kept = np.array(_native.get_scores(driver.ctx)), _native.get_kept(driver.ctx)
         logits = driver.logits()
         assert len(scores) == N_IMAGE and np.isfinite(logits).all()

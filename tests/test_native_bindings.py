@@ -26,7 +26,7 @@ def test_stubs_raise_on_a_stock_library(monkeypatch):
     try:
         assert not stock.HAS_FASTV
         with pytest.raises(PatchMissingError, match="llama_fastv_begin.*native_build.py install"):
-            stock.begin(None, 0, 2, 0.5)
+            stock.begin(None, 0, 2)
         for name in stock.SYMBOLS:
             with pytest.raises(PatchMissingError, match=name):
                 getattr(stock, name)(*([None] * 5)[: _arity(name)])
@@ -53,7 +53,7 @@ def test_error_codes_become_exceptions(tiny):
     from fastv_edge.errors import NativeError
 
     with LlamaDriver(tiny.llama_path) as drv:
-        with pytest.raises(NativeError, match=r"llama_fastv_begin failed with code -1 \(invalid argument\)"):
-            _native.begin(drv.ctx, 0, 99, 0.5)
+        with pytest.raises(NativeError, match=r"llama_fastv_begin failed \(LLAMA_FASTV_STATUS_BAD_ARG \(-1\)"):
+            _native.begin(drv.ctx, 0, 99)
         with pytest.raises(NativeError, match="call out of order"):
-            _native.finish(drv.ctx)
+            _native.finish_with_keep(drv.ctx, [])

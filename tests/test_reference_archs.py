@@ -25,14 +25,14 @@ GRID = (8, 5)  # nx, ny: 40 image tokens, the image advances positions by 8
 
 @pytest.fixture(scope="module")
 def qwen2vl(tiny_dir):
-    from models.make_tiny_archs import make_tiny_qwen2vl
+    from fastv_edge.testing.make_tiny_archs import make_tiny_qwen2vl
 
     return make_tiny_qwen2vl(tiny_dir)
 
 
 @pytest.fixture(scope="module")
 def gemma3(tiny_dir):
-    from models.make_tiny_archs import make_tiny_gemma3
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3
 
     return make_tiny_gemma3(tiny_dir)  # 6 layers, 2 and 5 global, window 16
 
@@ -157,7 +157,7 @@ def test_broken_reference_disagrees(qwen2vl, gemma3, llama_driver, monkeypatch, 
 @pytest.mark.native
 def test_qwen2vl_loader_ignores_rms_eps(tiny_dir, llama_driver):
     # llama_model_qwen2vl::load_arch_hparams reads only the rope sections: eps stays 0
-    from models.make_tiny_archs import make_tiny_qwen2vl
+    from fastv_edge.testing.make_tiny_archs import make_tiny_qwen2vl
 
     model = make_tiny_qwen2vl(tiny_dir, rms_eps=0.25)
     driver = llama_driver(model.path, n_threads=1)
@@ -217,7 +217,9 @@ def test_gemma3_image_block_never_sees_later_text(gemma3):
     with_question = [k[3:27].copy() for k in ref.cache_k]
     ref.prefill(full[:2])
     for il in range(ref.n_layer):
-        np.testing.assert_array_equal(ref.cache_k[il][3:27], with_question[il])
+        # equal up to BLAS summation order (matmuls of a different row count); seeing the
+        # question would move these keys by O(1)
+        np.testing.assert_allclose(ref.cache_k[il][3:27], with_question[il], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ def test_savings_script_reports_consistent_rows(tiny, tmp_path):
 def test_savings_script_on_an_mrope_model(tiny_dir, tmp_path):
     """qwen2vl rows carry 4 position sections; the script must pass them (as mtmd does)."""
     from fastv_edge import savings
-    from models.make_tiny_archs import make_tiny_qwen2vl
+    from fastv_edge.testing.make_tiny_archs import make_tiny_qwen2vl
 
     out = tmp_path / "savings.json"
     model = make_tiny_qwen2vl(tiny_dir)
@@ -63,7 +63,7 @@ def test_savings_script_on_an_mrope_model(tiny_dir, tmp_path):
 def test_savings_script_on_gemma3_decodes_the_image_non_causally(tiny_dir, tmp_path):
     """gemma3: the pseudo image goes in as one non-causal block, like mtmd decodes Gemma 3 images."""
     from fastv_edge import savings
-    from models.make_tiny_archs import make_tiny_gemma3
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3
 
     model = make_tiny_gemma3(tiny_dir)
     runner = savings.Runner(str(model.path), n_image=32, n_threads=1)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..errors import FastVEdgeError
@@ -27,12 +26,7 @@ QUICK_SETTINGS = dict(
 
 
 def _import_make_tiny():
-    root = Path(__file__).resolve().parents[2]  # a source checkout: <root>/models/make_tiny.py
-    if not (root / "models" / "make_tiny.py").is_file():
-        raise FastVEdgeError("--quick needs a source checkout of fastv-edge (models/make_tiny.py writes its models)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from models.make_tiny import make_tiny
+    from ..testing.make_tiny import make_tiny
 
     return make_tiny
 

@@ -152,8 +152,7 @@ class PseudoWorkload:
             pruned=use_fastv,
         )
         if use_fastv:
-            ratio = prune.drop_ratio if (prune.strategy == "fastv" and prune.keep is None) else 0.0
-            _native.begin(ctx, 0, prune.layer, ratio)
+            _native.begin(ctx, 0, prune.layer)
         try:
             t0 = time.perf_counter()
             n_past = batch.decode(ctx, self.pre, 0, logits_last=False)
@@ -162,11 +161,8 @@ class PseudoWorkload:
             t1 = time.perf_counter()
             stats.shallow_ms = (t1 - t0) * 1e3
             if use_fastv:
-                if prune.strategy == "fastv" and prune.keep is None:
-                    _native.finish(ctx)
-                else:  # absolute keep or random: the caller picks the kept set (keep > N raises)
-                    scores = np.asarray(_native.get_scores(ctx))  # (N,)
-                    _native.finish_with_keep(ctx, make_pruner(prune)(scores).tolist())
+                scores = np.asarray(_native.get_scores(ctx))  # (N,)
+                _native.finish_with_keep(ctx, make_pruner(prune)(scores).tolist())  # keep > N raises
                 stats.deep_ms = (time.perf_counter() - t1) * 1e3
                 stats.kept = _native.get_kept(ctx)
                 stats.n_kept = len(stats.kept)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.llama_gguf import LlamaHParams, read_tokenizer, write_llama_gguf
-from models.mmproj import ClipHParams, write_mmproj_gguf
+from fastv_edge.testing.llama_gguf import LlamaHParams, read_tokenizer, write_llama_gguf
+from fastv_edge.testing.mmproj import ClipHParams, write_mmproj_gguf
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_WEIGHTS = Path("/work/dev/easyvqa")
@@ -73,7 +73,7 @@ def fold_patch_bias(vision: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     llava adds the conv bias and then the position embedding to each patch row, with nothing in
     between and no class token, so (conv + b) + pos == conv + (pos + b): exact up to float rounding.
-    models/mmproj.py writes no patch bias, and this keeps it that way.
+    fastv_edge/testing/mmproj.py writes no patch bias, and this keeps it that way.
     """
     vision = dict(vision)
     bias = vision.pop("v.patch_embd.bias")

@@ -1,7 +1,7 @@
 """Write a llama-architecture GGUF from numpy weights, with SmolLM2-135M's real tokenizer.
 
 write_model_gguf is the arch-independent part (general keys, tokenizer, tensors) that the
-qwen2vl and gemma3 writers (models/qwen2vl_gguf.py, models/gemma3_gguf.py) share.
+qwen2vl and gemma3 writers (fastv_edge/testing/qwen2vl_gguf.py, fastv_edge/testing/gemma3_gguf.py) share.
 
 Tensor layout follows what llama.cpp's llama loader expects (src/models/llama.cpp): a
 weight that maps n_in -> n_out is a numpy array of shape (n_out, n_in), i.e. ggml

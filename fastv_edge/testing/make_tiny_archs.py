@@ -1,11 +1,11 @@
 """Write deterministic tiny qwen2vl and gemma3 GGUFs (text model only, SmolLM2's real tokenizer).
 
 Usage (from the repository root):
-    python -m models.make_tiny_archs OUT_DIR --arch qwen2vl|gemma3 [--weight-type f32|f16|q8_0] [--seed N]
+    python -m fastv_edge.testing.make_tiny_archs OUT_DIR --arch qwen2vl|gemma3 [--weight-type f32|f16|q8_0] [--seed N]
 
 No mmproj is written: tests feed "images" as embedding rows, the way mtmd hands a
 projector's output to llama_decode. Same arguments, same bytes: weights come from numpy's
-PCG64 seeded by (seed, part), scaled like models/make_tiny.py (attention logits std ~2,
+PCG64 seeded by (seed, part), scaled like fastv_edge/testing/make_tiny.py (attention logits std ~2,
 output logits std ~2.5) so that top-k selections have no ties.
 """
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.gemma3_gguf import Gemma3HParams, write_gemma3_gguf
-from models.gemma3_gguf import tensor_shapes as gemma3_shapes
-from models.llama_gguf import read_tokenizer
-from models.make_tiny import LOGIT_STD, QK_GAIN, random_llama_weights
-from models.qwen2vl_gguf import Qwen2VLHParams, write_qwen2vl_gguf
+from fastv_edge.testing.gemma3_gguf import Gemma3HParams, write_gemma3_gguf
+from fastv_edge.testing.gemma3_gguf import tensor_shapes as gemma3_shapes
+from fastv_edge.testing.llama_gguf import read_tokenizer
+from fastv_edge.testing.make_tiny import LOGIT_STD, QK_GAIN, random_llama_weights
+from fastv_edge.testing.qwen2vl_gguf import Qwen2VLHParams, write_qwen2vl_gguf
 
 GENERATOR_VERSION = 1  # part of the file names: bump when the weights' recipe changes
 
@@ -138,7 +138,9 @@ def make_tiny_gemma3(out_dir: str | Path, seed: int = 0, weight_type: str = "f32
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.make_tiny_archs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fastv_edge.testing.make_tiny_archs", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--arch", choices=sorted(HPARAMS), required=True)
     parser.add_argument("--weight-type", choices=["f32", "f16", "q8_0"], default="f32")

@@ -32,7 +32,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from models.llama_gguf import WEIGHT_TYPES
+from fastv_edge.testing.llama_gguf import WEIGHT_TYPES
 
 # clip-impl.h PROJECTOR_TYPE_MLP; gguf-py has no VisionProjectorType member for it
 PROJECTOR_TYPE = "mlp"

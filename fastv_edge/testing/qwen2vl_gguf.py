@@ -7,7 +7,7 @@ What llama.cpp reads (src/models/qwen2vl.cpp, src/llama-model.cpp):
   rotates with position section s where s is the section k % sum(sections) falls into;
   the rope type is MROPE (llama_model_rope_type), i.e. NEOX pairs (k, k + head_dim/2);
 - no output.weight means the LM head reuses token_embd.weight (Qwen2-VL-2B ties them).
-Weights are numpy (n_out, n_in), applied as x @ W.T, like models/llama_gguf.py.
+Weights are numpy (n_out, n_in), applied as x @ W.T, like fastv_edge/testing/llama_gguf.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from models.llama_gguf import LlamaHParams, Tokenizer, add_transformer_keys, write_model_gguf
-from models.llama_gguf import tensor_shapes as llama_shapes
+from fastv_edge.testing.llama_gguf import LlamaHParams, Tokenizer, add_transformer_keys, write_model_gguf
+from fastv_edge.testing.llama_gguf import tensor_shapes as llama_shapes
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 a matching mmproj GGUF (CLIP ViT + LLaVA 'mlp' projector) that mtmd encodes images with.
 
 Usage (from the repository root):
-    python -m models.make_tiny OUT_DIR [--shape tiny|larger] [--weight-type f32|f16|q8_0]
+    python -m fastv_edge.testing.make_tiny OUT_DIR [--shape tiny|larger] [--weight-type f32|f16|q8_0]
                                        [--seed N] [--n-layer N] [--n-embd N] ...
 
 Same arguments, same bytes: every tensor comes from numpy's PCG64 seeded by (seed, part).
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.llama_gguf import LlamaHParams, read_tokenizer, write_llama_gguf
-from models.llama_gguf import tensor_shapes as llama_shapes
-from models.mmproj import ClipHParams, write_mmproj_gguf
-from models.mmproj import tensor_shapes as clip_shapes
+from fastv_edge.testing.llama_gguf import LlamaHParams, read_tokenizer, write_llama_gguf
+from fastv_edge.testing.llama_gguf import tensor_shapes as llama_shapes
+from fastv_edge.testing.mmproj import ClipHParams, write_mmproj_gguf
+from fastv_edge.testing.mmproj import tensor_shapes as clip_shapes
 
 GENERATOR_VERSION = 1  # part of the file names: bump when the weights' recipe changes
 
@@ -187,7 +187,9 @@ def make_tiny(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.make_tiny", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fastv_edge.testing.make_tiny", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--weight-type", choices=["f32", "f16", "q8_0"], default="f32")

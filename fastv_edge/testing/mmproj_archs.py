@@ -1,6 +1,6 @@
 """Write tiny Qwen2-VL ('qwen2vl_merger') and Gemma 3 ('gemma3') mmproj GGUFs that mtmd loads.
 
-models/mmproj.py writes the LLaVA 'mlp' projector. These two are the projectors whose image
+fastv_edge/testing/mmproj.py writes the LLaVA 'mlp' projector. These two are the projectors whose image
 tokens the text model handles differently, which is what FastV's qwen2vl and gemma3 paths
 must get right end to end:
 
@@ -27,8 +27,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from models.llama_gguf import WEIGHT_TYPES
-from models.mmproj import add_vision_keys, write_clip_gguf
+from fastv_edge.testing.llama_gguf import WEIGHT_TYPES
+from fastv_edge.testing.mmproj import add_vision_keys, write_clip_gguf
 
 PROJECTORS = ("qwen2vl_merger", "gemma3")
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Gemma 3's SigLIP preprocessing

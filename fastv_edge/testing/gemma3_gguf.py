@@ -12,7 +12,7 @@ What llama.cpp reads and computes (src/models/gemma3.cpp, src/llama-hparams.cpp)
   used as stored (HF's "1 + w" is folded in by the converter).
 - no output.weight: the LM head is token_embd.weight; the token input (not embedding input)
   is scaled by sqrt(n_embd); final_logit_softcapping is optional.
-Weights are numpy (n_out, n_in), applied as x @ W.T, like models/llama_gguf.py.
+Weights are numpy (n_out, n_in), applied as x @ W.T, like fastv_edge/testing/llama_gguf.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from models.llama_gguf import Tokenizer, add_transformer_keys, write_model_gguf
+from fastv_edge.testing.llama_gguf import Tokenizer, add_transformer_keys, write_model_gguf
 
 
 @dataclass(frozen=True)
