@@ -188,8 +188,7 @@ def cmd_run(args) -> int:
             if not args.json:
                 print(r.text, end="", flush=True)
         if args.json:
-            stats = {k: v for k, v in asdict(last).items() if k not in ("text", "token")}
-            print(json.dumps({"text": "".join(text), **stats, "prune": asdict(model.prune)}))
+            print(json.dumps({"text": "".join(text), **last.summary(), "prune": asdict(model.prune)}))
         else:
             print()
             if not args.quiet:

@@ -88,7 +88,7 @@ class RuntimeConfig:
     """llama.cpp context settings (names follow llama-cpp-python's Llama arguments)."""
 
     n_ctx: int = 4096
-    n_threads: int | None = None  # None: llama-cpp-python's default (half the cores)
+    n_threads: int | None = None  # decode, prefill (batch) and vision-encoder threads; None: default_threads()
     n_batch: int = 512
     n_ubatch: int = 512
     flash_attn: bool = False
@@ -104,6 +104,25 @@ class RuntimeConfig:
             raise ValueError(f"n_threads must be an integer >= 1 or None, got {self.n_threads!r}")
         if not _is_int(self.n_gpu_layers):
             raise ValueError(f"n_gpu_layers must be an integer, got {self.n_gpu_layers!r}")
+
+    @property
+    def threads(self) -> int:
+        """The thread count llama.cpp and mtmd get: n_threads, or default_threads()."""
+        return self.n_threads if self.n_threads is not None else default_threads()
+
+
+def default_threads() -> int:
+    """Physical cores this process may use (ggml's threads spin at barriers, so never more)."""
+    import os
+
+    import psutil
+
+    physical = psutil.cpu_count(logical=False) or max(1, (os.cpu_count() or 2) // 2)
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        available = os.cpu_count() or 1
+    return max(1, min(physical, available))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ def image_tokens_per_image(model_path: str, mmproj_path: str, image_size: int | 
     from .config import PruneConfig, RuntimeConfig
     from .images import RGBImage
     from .model import load
-    from .prefill import tokenize
+    from .prompt import tokenize
 
     side = image_size or 336
     img = RGBImage(side, side, bytes(side * side * 3), "probe")

@@ -165,19 +165,24 @@ def check_pair(info: ModelInfo, mmproj: MmprojInfo) -> None:
         )
 
 
-def check_supported(info: ModelInfo, prune: PruneConfig) -> None:
+def check_supported(architecture: str, n_layer: int, prune: PruneConfig) -> None:
     """Refuse a pruning strategy on an architecture the FastV patch does not hook.
+
+    Args:
+        architecture: general.architecture of the text model.
+        n_layer: its number of layers.
+        prune: the pruning asked for.
 
     Raises:
         UnsupportedModelError: naming the stock-path alternative.
         ValueError: K outside [1, n_layer).
     """
-    if prune.enabled and info.architecture not in FASTV_ARCHITECTURES:
+    if prune.enabled and architecture not in FASTV_ARCHITECTURES:
         raise UnsupportedModelError(
-            f"FastV does not support architecture {info.architecture!r} (supported: "
+            f"FastV does not support architecture {architecture!r} (supported: "
             f"{', '.join(FASTV_ARCHITECTURES)}); run it unpruned with strategy 'none' (--strategy none)"
         )
-    prune.check_layer(info.n_layer)
+    prune.check_layer(n_layer)
 
 
 class Model:
@@ -198,6 +203,8 @@ class Model:
         template_origin: str,
         stack: ExitStack,
     ):
+        from .encoder import ImageEncoder
+
         self.llm = llm  # llama_cpp.Llama: tokenizer, context, sampler pieces
         self.mtmd_ctx = mtmd_ctx  # mtmd_context_p or None (text only)
         self.info = info
@@ -206,12 +213,22 @@ class Model:
         self.prune = prune
         self.template = template
         self.template_origin = template_origin
+        self.encoder = ImageEncoder(mtmd_ctx, llm.model) if mtmd_ctx is not None else None
         self._stack = stack
 
     @property
     def ctx(self):
         """The raw llama_context pointer."""
         return self.llm._ctx.ctx
+
+    @property
+    def target(self):
+        """Where prefill.prefill decodes for this model (its context, batch sizes and encoder)."""
+        import llama_cpp
+
+        from .prefill import Target
+
+        return Target(self.ctx, self.encoder, self.llm.n_batch, llama_cpp.llama_n_ubatch(self.ctx))
 
     @property
     def n_ctx(self) -> int:
@@ -246,28 +263,51 @@ def _resolve_paths(model: str | os.PathLike, mmproj: str | os.PathLike | None):
     return text, (os.fspath(mmproj) if mmproj is not None else None)
 
 
-def _init_mtmd(stack: ExitStack, llm, path: str, runtime: RuntimeConfig):
+def open_mtmd(llama_model, path: str, *, n_threads: int, use_gpu: bool, flash_attn: bool, verbose: bool):
+    """mtmd context for an mmproj, its logs routed through llama-cpp-python's logger.
+
+    Args:
+        llama_model: the llama_model pointer of the text model.
+        path: the mmproj GGUF (already checked by read_mmproj_info).
+        n_threads: vision-encoder threads (the same as the LLM's: more than the cores spin).
+        use_gpu: run the encoder on the GPU when there is one.
+        flash_attn: flash attention in the encoder.
+        verbose: print mtmd's timings.
+
+    Returns:
+        The mtmd context pointer (the caller frees it with mtmd_free).
+
+    Raises:
+        ModelLoadError: mtmd could not load it, or it has no vision support.
+    """
     import llama_cpp
     import llama_cpp.mtmd_cpp as mtmd
     from llama_cpp import _logger
 
-    # route mtmd's logs through llama-cpp-python's logger so verbose=False silences them
+    # llama-cpp-python's logger prints only when its verbose flag is set, so mtmd's own
+    # "decoding image batch" lines follow it instead of going to stderr unconditionally
     mtmd.mtmd_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     mtmd.mtmd_helper_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     params = mtmd.mtmd_context_params_default()
-    params.use_gpu = runtime.n_gpu_layers != 0
-    params.print_timings = runtime.verbose
-    params.n_threads = llm.n_threads
+    params.use_gpu = use_gpu
+    params.print_timings = verbose
+    params.n_threads = n_threads
     params.flash_attn_type = (
-        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if runtime.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     )
-    ctx = mtmd.mtmd_init_from_file(path.encode(), llm.model, params)
+    ctx = mtmd.mtmd_init_from_file(path.encode(), llama_model, params)
     if not ctx:
         raise ModelLoadError(f"mtmd could not load the mmproj {path} (run with --debug/verbose for llama.cpp's log)")
-    stack.callback(mtmd.mtmd_free, ctx)
     if not mtmd.mtmd_support_vision(ctx):
+        mtmd.mtmd_free(ctx)
         raise ModelLoadError(f"mmproj {path} has no vision support")
     return ctx
+
+
+def _mtmd_free(ctx) -> None:
+    import llama_cpp.mtmd_cpp as mtmd
+
+    mtmd.mtmd_free(ctx)
 
 
 def load(
@@ -303,7 +343,7 @@ def load(
     mm_info = read_mmproj_info(mmproj_path) if mmproj_path else None
     if mm_info is not None:
         check_pair(info, mm_info)
-    check_supported(info, prune)
+    check_supported(info.architecture, info.n_layer, prune)
     from .templates import resolve_template
 
     try:
@@ -323,7 +363,8 @@ def load(
                 n_ctx=runtime.n_ctx,
                 n_batch=runtime.n_batch,
                 n_ubatch=runtime.n_ubatch,
-                n_threads=runtime.n_threads,
+                n_threads=runtime.threads,
+                n_threads_batch=runtime.threads,  # prefill: llama-cpp-python's default is every core
                 flash_attn=runtime.flash_attn,
                 n_gpu_layers=runtime.n_gpu_layers,
                 verbose=runtime.verbose,
@@ -331,7 +372,17 @@ def load(
         except ValueError as e:
             raise ModelLoadError(f"llama.cpp could not load {model_path}: {e}") from e
         stack.callback(llm.close)
-        mtmd_ctx = _init_mtmd(stack, llm, mmproj_path, runtime) if mmproj_path else None
+        mtmd_ctx = None
+        if mmproj_path:
+            mtmd_ctx = open_mtmd(
+                llm.model,
+                mmproj_path,
+                n_threads=runtime.threads,
+                use_gpu=runtime.n_gpu_layers != 0,
+                flash_attn=runtime.flash_attn,
+                verbose=runtime.verbose,
+            )
+            stack.callback(_mtmd_free, mtmd_ctx)
     except BaseException:
         stack.close()
         raise
