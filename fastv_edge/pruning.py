@@ -15,10 +15,10 @@ from .config import PruneConfig
 
 
 def n_keep_for_ratio(n_image: int, drop_ratio: float) -> int:
-    """Number of image tokens kept for a drop ratio R, exactly as the C side computes it.
+    """Number of image tokens kept for a drop ratio R: the budget llama_fastv_finish() takes.
 
-    C receives R as a float and computes (int)((double)N * (1.0 - (double)R)); going
-    through float32 here matters: with a Python double, R=0.9 can give a different count.
+    R is a float32 in the presets and the papers' tables, so it goes through float32 before
+    floor(N * (1 - R)); with a Python double, R=0.9 can give a different count.
 
     Args:
         n_image: N, the number of prunable image tokens.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
-from fastv_helpers import continue_decoding, cut_gap, forced_tokens, run_ref
+from fastv_helpers import continue_decoding, cut_gap, finish_by_ratio, forced_tokens, run_ref
 from PIL import Image
 
 import fastv_edge as fe
@@ -80,13 +80,13 @@ def mtmd_prefill(session, native=None, k=2, drop_ratio=0.0):
     if native is None:
         session.eval()
         return
-    assert native.llama_fastv_begin(session.driver.ctx, 0, k, drop_ratio) == 0  # C's own ranking
+    assert native.llama_fastv_begin(session.driver.ctx, 0, k) == 0  # C's own ranking
     try:
         session.eval()
     except BaseException:
         native.abort(session.driver.ctx)
         raise
-    assert native.llama_fastv_finish(session.driver.ctx) == 0
+    assert finish_by_ratio(native, session.driver.ctx, drop_ratio) == 0
 
 
 def reference_segments(session, chunks, name):

@@ -119,11 +119,11 @@ def test_gemma3_window_overwritten_before_finish(native, tiny_dir):
 
     model = make_tiny_gemma3(tiny_dir)
     with LlamaDriver(model.path, n_ctx=1024, n_batch=64, n_ubatch=64, swa_full=False) as drv:
-        assert native.llama_fastv_begin(drv.ctx, 0, 2, 0.5) == Status.OK
+        assert native.llama_fastv_begin(drv.ctx, 0, 2) == Status.OK
         for _ in range(6):  # 6 * 60 text tokens, far beyond window 16 + ubatch 64 padded to 256 cells
             drv.decode_tokens(drv.tokenize(" word" * 60), logits_last=False)
         rows = np.random.default_rng(0).standard_normal((16, drv.n_embd)).astype(np.float32)
         drv.decode_embd(rows, causal=False)
         drv.decode_tokens(drv.tokenize(" end"))
-        assert native.llama_fastv_finish(drv.ctx) == Status.BAD_PROMPT
+        assert native.llama_fastv_finish(drv.ctx, 8) == Status.BAD_PROMPT
         assert not llama_cpp.llama_get_logits_ith(drv.ctx, -1)

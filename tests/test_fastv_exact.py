@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastv_helpers import continue_decoding, cut_gap, forced_tokens, run_fastv, run_ref, run_stock
+from fastv_helpers import continue_decoding, cut_gap, finish_by_ratio, forced_tokens, run_fastv, run_ref, run_stock
 
 pytestmark = pytest.mark.native
 
@@ -203,9 +203,9 @@ def test_second_image_appended_to_pruned_history(tiny, ref, native, driver_cls):
         seg2 = make_prompt(drv, ref, seed=8, n_img=24)
         tokens = forced_tokens(drv)
         first, _, kept1 = run_fastv(native, drv, seg1, tokens[:2], 2, 0.5)
-        assert native.llama_fastv_begin(drv.ctx, 0, 2, 0.75) == 0
+        assert native.llama_fastv_begin(drv.ctx, 0, 2) == 0
         drv.decode_segments(seg2)
-        assert native.llama_fastv_finish(drv.ctx) == 0
+        assert finish_by_ratio(native, drv.ctx, 0.75) == 0
         kept2 = native.get_kept(drv.ctx)
         got = np.array(continue_decoding(drv, tokens[2:]))
         assert native.n_hidden(drv.ctx) == (N_IMG - len(kept1)) + (24 - len(kept2))

@@ -38,7 +38,8 @@ def test_stubs_raise_on_a_stock_library(monkeypatch):
 
 def _arity(name: str) -> int:
     return {
-        "llama_fastv_begin": 4,
+        "llama_fastv_begin": 3,
+        "llama_fastv_finish": 2,
         "llama_fastv_finish_with_keep": 3,
         "llama_fastv_get_scores": 3,
         "llama_fastv_get_kept": 3,
