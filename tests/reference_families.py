@@ -46,6 +46,20 @@ def _rotate(x: np.ndarray, theta: np.ndarray, neox: bool, mscale: float = 1.0) -
     return out
 
 
+def imrope_sections(sections, n_pairs: int) -> np.ndarray:
+    """(n_pairs,) which position (0 t, 1 y, 2 x, 3 the 4th) each rope pair rotates with under IMROPE.
+
+    ggml-cpu ops.cpp ggml_mrope_cache_init with is_imrope: sector = k % sum(sections); y when
+    sector % 3 == 1 and sector < 3 * sections[1], x when sector % 3 == 2 and sector < 3 * sections[2],
+    t when sector % 3 == 0 and sector < 3 * sections[0], else the 4th.
+    """
+    sector = np.arange(n_pairs) % sum(sections)
+    section = np.full(n_pairs, 3)
+    for s in range(3):  # the three rules test disjoint residues: their order does not matter
+        section[(sector % 3 == s) & (sector < 3 * sections[s])] = s
+    return section
+
+
 class _DecoderRef(_ArchRef):
     """The llama-style block shared by the four archs; subclasses set the switches and the rope."""
 
@@ -192,10 +206,7 @@ class RefQwen3VL(_DecoderRef):
 
     def _mrope(self, x: np.ndarray, rope_pos: np.ndarray) -> np.ndarray:
         thetas = [rope_thetas(rope_pos[:, s], self.freq_base, self.n_rot) for s in range(4)]  # 4 x (n, n_rot/2)
-        sector = np.arange(self.n_rot // 2) % sum(self.sections)
-        section = np.full(sector.shape, 3)  # the 4th position unless one of the interleaved rules claims it
-        for s in (0, 2, 1):  # ggml checks y (s % 3 == 1), then x, then t: disjoint residues, order immaterial
-            section[(sector % 3 == s) & (sector < 3 * self.sections[s])] = s
+        section = imrope_sections(self.sections, self.n_rot // 2)
         theta = np.choose(section[None, :], thetas)  # (n, n_rot/2)
         return _rotate(x, theta, neox=True)
 
