@@ -107,7 +107,7 @@ def test_lfm2_reference_refuses_fastv(family):
         (lambda: VisionHParams("qwen2vl_merger", deepstack_layers=(0,)), "qwen3vl_merger hyperparameter"),
         (lambda: VisionHParams("qwen3vl_merger", n_layer=2, deepstack_layers=(1, 0)), "distinct ascending"),
         (lambda: VisionHParams("qwen3vl_merger", n_layer=2, deepstack_layers=(2,)), "distinct ascending"),
-        (lambda: Gemma4VisionHParams(n_embd=24, n_head=3), "divisible by 4"),  # two half-head ropes
+        (lambda: Gemma4VisionHParams(n_embd=30, n_head=5), "divisible by 4"),  # two half-head ropes
     ],
 )
 def test_hparams_refuse_what_llama_cpp_cannot_load(make, match):
