@@ -70,32 +70,6 @@ class FamilyDriver(LlamaDriver):
             else:
                 self.decode_embd_inp(seg[1], logits_last=last, **opts)
 
-    def decode_embd_rc(self, rows, pos: np.ndarray) -> int:
-        """One llama_decode call of embedding rows at explicit positions; returns its return code unchecked.
-
-        Args:
-            rows: (n, n_embd_inp) embeddings, n <= n_batch.
-            pos: (n_pos_per_embd, n) positions, section-major.
-        """
-        rows = np.ascontiguousarray(rows, dtype=np.float32)  # (n, n_embd_inp)
-        n = rows.shape[0]
-        batch = llama_cpp.llama_batch_init(n, self.n_embd_inp, 1)
-        own_pos = ctypes.cast(batch.pos, ctypes.c_void_p).value
-        chunk = np.ascontiguousarray(pos, dtype=np.int32)  # (n_pos, n)
-        pos_buf = (llama_cpp.llama_pos * chunk.size).from_buffer_copy(chunk.tobytes())
-        try:
-            batch.n_tokens = n
-            ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
-            batch.pos = ctypes.cast(pos_buf, ctypes.POINTER(llama_cpp.llama_pos))
-            for j in range(n):
-                batch.n_seq_id[j] = 1
-                batch.seq_id[j][0] = 0
-                batch.logits[j] = j == n - 1
-            return llama_cpp.llama_decode(self.ctx, batch)
-        finally:
-            batch.pos = ctypes.cast(own_pos, ctypes.POINTER(llama_cpp.llama_pos))  # llama_batch_free frees it
-            llama_cpp.llama_batch_free(batch)
-
 
 class FamilyMtmdSession(MtmdSession):
     """MtmdSession that also reads mtmd's layout of a chunk and n_embd_inp-wide output rows."""

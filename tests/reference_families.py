@@ -13,7 +13,7 @@ what llama.cpp reads. What each reference computes, with pointers into the pinne
   llama-graph.cpp llm_graph_input_pos::set_input; 0 for images, mtmd.cpp decoder_pos);
   NEOX pairs (k, k + n_rot/2). Embedding rows are n_embd * (1 + n_deepstack) wide: the layers
   see the first n_embd columns and, after layer il < n_deepstack (after its FFN residual),
-  add columns [(il + 1) * n_embd, (il + 2) * n_embd) (the `deepstack_out` view, :141-145).
+  add columns [(il + 1) * n_embd, (il + 2) * n_embd) (the `deepstack_out` view, :153-157).
   Token rows carry zeros there (build_inp_embd pads them). A row keeps its deepstack columns
   through the layers, so keeping a row under FastV keeps its deepstack slices.
 - RefQwen2 (src/models/qwen2.cpp): the llama block with q/k/v biases, NEOX rope, eps read.

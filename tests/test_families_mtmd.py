@@ -189,3 +189,12 @@ def test_gemma4v_image_through_mtmd(tiny_dir, layout):
     assert np.abs(by_mtmd - want).max() <= ATOL
     segments[1] = ("embd", segments[1][1], {"causal": True})  # negative control: mtmd's block is non-causal
     assert np.abs(ref.prefill(segments)["logits"] - by_mtmd[0]).max() > 5 * ATOL
+
+
+def test_driver_refuses_rows_narrower_than_n_embd_inp(session):
+    # llama_decode's llama_batch path reads llama_model_n_embd_inp floats per row whatever the
+    # caller allocated (llama-batch.cpp llama_batch_compat::init): n_embd-wide rows must be refused
+    # before C reads past them
+    drv = session().driver
+    with pytest.raises(ValueError, match=r"rows must be \(n, 256\)"):
+        drv.decode_embd_inp(np.zeros((4, drv.n_embd), dtype=np.float32))

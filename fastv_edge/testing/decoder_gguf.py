@@ -19,7 +19,7 @@ tied or separate LM head) and differ in a few places; what the pinned llama.cpp 
   rope.dimension_sections, and n_deepstack_layers: the decoder input row is
   n_embd * (1 + n_deepstack) wide (llama_hparams::n_embd_inp); after layer il < n_deepstack
   the graph adds input columns [(il + 1) * n_embd, (il + 2) * n_embd) to the layer output
-  (src/models/qwen3vl.cpp, the `deepstack_out` view of res->t_inp_embd). Token rows are the
+  (src/models/qwen3vl.cpp:153-157, the `deepstack_out` view of res->t_inp_embd). Token rows are the
   embedding padded with zeros (src/llama-graph.cpp build_inp_embd), so only embedding (image)
   rows carry deepstack slices. Unlike qwen2vl, qwen3vl reads the rms epsilon.
 
