@@ -103,6 +103,7 @@ def test_lfm2_reference_refuses_fastv(family):
         (lambda: DecoderHParams(arch="mistral3", attn_temp_scale=0.1), "yarn_orig_ctx"),
         (lambda: Gemma4HParams(n_kv_shared=3), "layer 4 must be global"),  # a sliding layer as the global source
         (lambda: Gemma4HParams(swa_layers=(True,) * 4), "swa_layers has 4 entries"),
+        (lambda: Gemma4HParams(n_kv_shared=-1), "n_kv_shared must be in"),
         (lambda: Gemma4HParams(n_head_kv=3), "multiple of both"),
         (lambda: VisionHParams("qwen2vl_merger", deepstack_layers=(0,)), "qwen3vl_merger hyperparameter"),
         (lambda: VisionHParams("qwen3vl_merger", n_layer=2, deepstack_layers=(1, 0)), "distinct ascending"),

@@ -97,6 +97,8 @@ class Gemma4HParams:
             raise ValueError("head dims must be even and rotary_full in (0, 1]")
         if self.n_embd_per_layer < 0:
             raise ValueError(f"n_embd_per_layer must be >= 0, got {self.n_embd_per_layer}")
+        if not 0 <= self.n_kv_shared < self.n_layer:
+            raise ValueError(f"n_kv_shared must be in [0, n_layer={self.n_layer}), got {self.n_kv_shared}")
         if self.n_kv_shared:
             n_kv = self.n_layer - self.n_kv_shared
             # llama.cpp maps shared sliding layers to n_kv - 2 and global ones to n_kv - 1
