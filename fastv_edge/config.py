@@ -44,8 +44,8 @@ def _check_budget(obj) -> None:
 
 
 def _check_seed_and_weight(obj) -> None:
-    if not _is_int(obj.seed):
-        raise ValueError(f"seed must be an integer, got {obj.seed!r}")
+    if not _is_int(obj.seed) or obj.seed < 0:  # numpy's Generator takes seeds >= 0
+        raise ValueError(f"seed must be an integer >= 0, got {obj.seed!r}")
     w = obj.relevance_weight
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < 1.0:
         raise ValueError(f"relevance_weight (CDPruner's theta) must be in [0, 1), got {w!r}; 0 is pure diversity")

@@ -32,6 +32,7 @@ def test_keep_replaces_the_default_ratio():
         (dict(keep=3.5), "keep"),  # fractional keep
         (dict(strategy="topk"), "strategy"),  # unknown strategy
         (dict(seed=1.5), "seed"),  # seeds are integers
+        (dict(strategy="random", seed=-1), "seed"),  # numpy's Generator refuses negative seeds
         (dict(strategy="divprune", layer=2), "two stages"),  # pre-LLM strategies select at layer 0 only
         (dict(strategy="cdpruner", layer=1), "two stages"),  # ... even at K=1
         (dict(strategy="dart", layer=-1), "layer K"),  # negative K for a pre-LLM strategy
