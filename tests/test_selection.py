@@ -199,3 +199,13 @@ def test_dart_more_pivots_than_budget():
 def test_dart_rejects_bad_pivot_counts(n_pivots):
     with pytest.raises(ValueError, match="n_pivots"):
         dart(random_embd(5), 2, n_pivots=n_pivots)
+
+
+@pytest.mark.parametrize("strategy", sorted(SELECTORS))
+def test_zero_rows_are_a_direction_of_their_own(strategy):
+    # an all-zero row has cosine 0 with every row: far from everything, never a crash or NaN
+    embd = np.concatenate([random_embd(6, seed=8), np.zeros((2, D), np.float32)])
+    out = run(strategy, embd, 5)
+    assert out.shape == (5,) and out.tolist() == sorted(set(out.tolist()))
+    if strategy == "divprune":
+        assert {6, 7} <= set(out.tolist())  # distance 1 to all: the most isolated rows

@@ -10,6 +10,8 @@ The MAP is found greedily (`dpp.greedy_map`, Chen et al. 2018), O(N k^2) after t
 Text features: there is no separate text encoder in a llama.cpp vision model, so (as OpenVINO
 GenAI does for Qwen-VL) the instruction is represented by the LLM's own input embeddings of
 its tokens (fastv_edge.text_features), which live in the space the projector maps images to.
+Pass the ids of the user's instruction text, not the chat template's role and control tokens:
+every token weighs the same in the mean, and template tokens say nothing about the question.
 """
 
 from __future__ import annotations
