@@ -77,7 +77,15 @@ def test_run_json_reports_pruning(cli_env, tiny, photos):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert (report["n_image_tokens"], report["n_kept"]) == (64, 32)
-    assert report["prune"] == {"layer": 2, "drop_ratio": 0.5, "keep": None, "strategy": "fastv", "seed": 0}
+    assert report["prune"] == {
+        "layer": 2,
+        "drop_ratio": 0.5,
+        "keep": None,
+        "strategy": "fastv",
+        "seed": 0,
+        "pre": None,
+        "relevance_weight": 0.5,
+    }
     assert 0 < report["flops_ratio"] < 1 and report["generation_tokens"] == 3
 
 
