@@ -215,3 +215,18 @@ def test_smollm2_text_only_matches_llama_cpp_python(smollm2_path):
         llm.close()
     assert ours == ref
     assert "Paris" in ours
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2vl", "gemma3"])
+def test_load_reads_the_same_metadata_as_the_full_reader(tiny, tiny_dir, arch):
+    """load() checks only the leading keys itself and takes the rest from llama.cpp's metadata."""
+    from fastv_edge.model import read_model_info
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3, make_tiny_qwen2vl
+
+    path = {"llama": lambda: tiny.llama_path, "qwen2vl": lambda: make_tiny_qwen2vl(tiny_dir).path}
+    path["gemma3"] = lambda: make_tiny_gemma3(tiny_dir).path
+    model_path = path[arch]()
+    none = fe.PruneConfig(strategy="none")
+    with fe.load(model_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=1), prune=none) as model:
+        assert model.info == read_model_info(model_path)
+        assert model.info.architecture == arch and model.info.chat_template

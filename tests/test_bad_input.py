@@ -8,7 +8,6 @@ from api_helpers import needs_fastv
 
 import fastv_edge as fe
 from fastv_edge.images import decode, load_image
-from fastv_edge.model import read_mmproj_info, read_model_info
 
 pytestmark = pytest.mark.native
 pytest_plugins = ("fixtures_api",)  # photos, tiny_model, cli_env
@@ -41,13 +40,6 @@ def test_mmproj_embedding_size_mismatch(tiny, make_tiny_models):
     other = make_tiny_models("f32", n_embd=32, n_head=2, n_head_kv=1, n_ff=64)  # projects to 32, not 64
     with pytest.raises(fe.ModelLoadError, match="n_embd=32 but model .* has n_embd=64"):
         fe.load(tiny.llama_path, other.mmproj_path)
-
-
-def test_files_swapped(tiny):
-    with pytest.raises(fe.ModelLoadError, match="is an mmproj"):
-        read_model_info(tiny.mmproj_path)
-    with pytest.raises(fe.ModelLoadError, match="not an mmproj"):
-        read_mmproj_info(tiny.llama_path)
 
 
 def _metadata_only_gguf(path, arch):
