@@ -68,7 +68,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="logical batch size (default 512)")
     p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch size (default 512)")
     p.add_argument("-fa", "--flash-attn", action="store_true", help="use flash attention")
-    p.add_argument("--chat-template", help="chat template name (models/templates) or .jinja file")
+    p.add_argument("--chat-template", help="chat template name (fastv_edge/data/templates) or .jinja file")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
 
 
