@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fastv_edge.native_build import install_command
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `models` is a folder of scripts, not an installed package
@@ -38,9 +40,7 @@ def pytest_collection_modifyitems(config, items):
         return
     if os.environ.get("FASTV_EDGE_REQUIRE_NATIVE") == "1":  # CI: a missing library is a failure
         raise pytest.UsageError(f"FASTV_EDGE_REQUIRE_NATIVE=1 but llama_cpp is not importable: {error}")
-    skip = pytest.mark.skip(
-        reason=f"llama_cpp not importable ({error}); build it: python fastv_edge/native_build.py install"
-    )
+    skip = pytest.mark.skip(reason=f"llama_cpp not importable ({error}); build it: {install_command()}")
     for item in native:
         item.add_marker(skip)
 
