@@ -13,7 +13,6 @@ from fastv_edge.flops import flops_ratio
 from fastv_edge.pruning import n_keep_for_ratio, select_random, select_top_k
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos, tiny_model, cli_env
 QUESTION = "What is in the image?"
 
 

@@ -19,7 +19,6 @@ from PIL import Image
 import fastv_edge as fe
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos
 TEXT, IMAGE = 0, 1  # mtmd_input_chunk_type
 PHOTO_SIZE = (128, 80)  # qwen2vl: patch 8, merge 2 -> an 8 x 5 grid; gemma3 resizes to 96 x 96
 PROMPT = "<|im_start|>user\nLook:{marker}\nWhat is in it?<|im_end|>\n<|im_start|>assistant\n"

@@ -10,7 +10,6 @@ import fastv_edge as fe
 from fastv_edge.images import decode, load_image
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos, tiny_model, cli_env
 Q = "What is in the image?"
 
 

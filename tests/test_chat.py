@@ -7,7 +7,6 @@ import fastv_edge as fe
 from fastv_edge.chat import ChatSession
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos, tiny_model, cli_env
 
 
 def turn(session, text, images=(), max_tokens=4):

@@ -9,7 +9,6 @@ from api_helpers import needs_fastv
 import fastv_edge as fe
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos, tiny_model, cli_env
 
 
 @pytest.fixture(scope="module")
