@@ -154,20 +154,19 @@ def test_generate_joins_the_stream(tiny_model, photos):
 
 
 def test_seeded_sampling_is_reproducible(tiny_model, photos):
-    sampling = fe.SamplingConfig(temp=1.0, seed=5)
-
-    def run():
+    def run(seed):
         responses = fe.stream_generate(
             tiny_model,
             QUESTION,
             [photos["coffee"]],
             max_tokens=6,
-            sampling=sampling,
+            sampling=fe.SamplingConfig(temp=1.0, seed=seed),
             prune=fe.PruneConfig(strategy="none"),
         )
         return [r.token for r in responses]
 
-    assert run() == run()
+    assert run(5) == run(5)
+    assert run(5) != run(6)  # the seed is used: temp=1 really samples
 
 
 def test_images_from_bytes_and_data_uri(tiny_model, photos):
@@ -196,8 +195,11 @@ def test_smollm2_with_a_projector(smollm2_path, smollm2_mmproj, photos):
         assert pruned.n_kept == 32
         assert _native.get_kept(model.ctx) == select_top_k(_native.get_scores(model.ctx), 32).tolist()
         session = ChatSession(model, max_tokens=3)
-        session.ask("Describe it.", [photos["astronaut"]])
-        assert session.ask("Shorter?") is not None and _native.n_hidden(model.ctx) == 32
+        first = list(session.send("Describe it.", [photos["astronaut"]]))[-1]
+        second = list(session.send("Shorter?"))[-1]
+        assert (first.n_image_tokens, first.n_kept) == (64, 32)
+        assert second.n_image_tokens == 0 and second.prompt_tokens < first.prompt_tokens - 64  # only the new turn
+        assert _native.n_hidden(model.ctx) == 32  # the first image's dropped cells stay hidden
 
 
 def test_smollm2_text_only_matches_llama_cpp_python(smollm2_path):

@@ -64,8 +64,13 @@ def _key(patches: Path, cmakelists: Path, flags=("AVX", "AVX2"), cmake_args: str
     return nb.cache_key(nb.key_components(nb.patch_files(patches), cmakelists, flags, cmake_args))
 
 
-def test_cache_key_is_deterministic(inputs):
-    assert _key(*inputs) == _key(*inputs)
+def test_cache_key_depends_on_content_not_location(inputs, tmp_path):
+    """A wheel's copies of the patches and CMakeLists.txt must give a clone's key."""
+    patches, cmakelists = inputs
+    elsewhere = tmp_path / "site-packages" / "fastv_edge" / "native_src"
+    shutil.copytree(patches, elsewhere / "patches")
+    shutil.copyfile(cmakelists, elsewhere / "CMakeLists.txt")
+    assert _key(elsewhere / "patches", elsewhere / "CMakeLists.txt") == _key(*inputs)
     assert len(_key(*inputs)) == 16
 
 

@@ -37,10 +37,9 @@ def test_photo_through_mtmd_then_generate(make_tiny_models, llama_driver, weight
     generated = []
     for _ in range(5):
         logits = driver.logits()
-        assert np.all(np.isfinite(logits)) and logits.std() > 0.1
+        assert logits.shape == (driver.n_vocab,) and np.all(np.isfinite(logits)) and logits.std() > 0.1
         generated.append(int(np.argmax(logits)))
         driver.decode_tokens(generated[-1:])
-    assert all(0 <= t < driver.n_vocab for t in generated)
 
 
 @pytest.mark.parametrize(
