@@ -280,3 +280,15 @@ def test_prompt_from_stdin_keeps_its_final_newline(monkeypatch, capsys):
     [spec] = seen["specs"]
     assert spec.prompt == "<__media__>\nwhat shape?\n<|im_start|>assistant\n" and spec.images == ("i.png",)
     assert capsys.readouterr().out == '{\n  "rows": []\n}\n'
+
+
+@pytest.mark.native
+@pytest.mark.slow
+def test_load_time_script_runs(tiny):
+    from fastv_edge.bench.load_time import measure
+
+    result = measure(str(tiny.llama_path), str(tiny.mmproj_path), runs=1)
+    for key in ("llama_s", "load_s", "load_mmproj_s", "load_process_s", "info_s"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["load_process_s"] > result["load_s"]  # the process also imports
+    assert result["ratio"] == round(result["load_s"] / result["llama_s"], 2)
