@@ -1,9 +1,14 @@
 """load(): validate a text GGUF and its mmproj, then open them with llama-cpp-python + mtmd.
 
-Everything that can be checked in Python is checked before llama.cpp sees the files:
-existence, the GGUF magic, readable metadata, an mmproj that really is a CLIP projector and
-whose output size equals the text model's n_embd, and (for pruning strategies) an
-architecture the FastV patch supports.
+Everything fastv_edge decides on is checked in Python before llama.cpp sees the files:
+existence, the GGUF magic, the text model's architecture and sizes, an mmproj that really is
+a CLIP projector (read whole, tensor table bounds-checked) whose output size equals the text
+model's n_embd, and (for pruning strategies) an architecture the FastV patch supports.
+The text model's header is read only up to those keys, which precede its vocabulary:
+llama.cpp then parses the whole header once, with its own bounds checks, and the rest of
+ModelInfo comes from its metadata. When llama.cpp refuses a file, read_model_info (the full
+Python read) names what is damaged. Reading the vocabulary in Python as well cost more than
+llama.cpp's whole load of a small model.
 
 Unsupported architecture policy: load() REFUSES with UnsupportedModelError when a pruning
 strategy ('fastv', 'random') is asked for on an architecture the patch does not hook; pass
