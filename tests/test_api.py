@@ -181,6 +181,7 @@ def test_images_from_bytes_and_data_uri(tiny_model, photos):
 
 
 @needs_fastv
+@pytest.mark.slow
 def test_smollm2_with_a_projector(smollm2_path, smollm2_mmproj, photos):
     """Real 30-layer Q4_1 weights: R=0 equals stock, R=0.5 keeps C's top half, chat reuses it."""
     from fastv_edge import _native
@@ -202,6 +203,7 @@ def test_smollm2_with_a_projector(smollm2_path, smollm2_mmproj, photos):
         assert _native.n_hidden(model.ctx) == 32  # the first image's dropped cells stay hidden
 
 
+@pytest.mark.slow
 def test_smollm2_text_only_matches_llama_cpp_python(smollm2_path):
     from llama_cpp import Llama
 

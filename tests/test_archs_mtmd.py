@@ -33,7 +33,7 @@ def native():
     return _native
 
 
-@pytest.fixture(scope="module", params=["qwen2vl", "gemma3"])
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) for n in ("qwen2vl", "gemma3")])
 def pair(request, tiny_dir):
     """Tiny text model + a projector of its family (output std like test_fastv_archs' rows)."""
     from reference_archs import RefGemma3, RefQwen2VL

@@ -134,6 +134,7 @@ def test_q8_0_blocks_dequantize_to_the_asked_scale():
 
 
 @pytest.mark.native
+@pytest.mark.slow
 def test_shape_generator_streams_q8_0_and_quantizes(tmp_path, smollm2_path):
     import dataclasses
 
@@ -186,6 +187,7 @@ def quick_result(tmp_path_factory):
 
 
 @pytest.mark.native
+@pytest.mark.slow
 def test_quick_writes_every_output(quick_result):
     out, result = quick_result
     assert {"meta", "models", "rows", "raw", "files"} <= set(result) and "targets" not in result
@@ -203,6 +205,7 @@ def test_quick_writes_every_output(quick_result):
 
 
 @pytest.mark.native
+@pytest.mark.slow
 def test_quick_numbers_are_finite_and_consistent(quick_result):
     _, result = quick_result
     for row in result["rows"]:
@@ -225,6 +228,7 @@ def test_quick_numbers_are_finite_and_consistent(quick_result):
 
 
 @pytest.mark.native
+@pytest.mark.slow
 def test_quick_fidelity_of_real_weights(quick_result, smollm2_path):
     _, result = quick_result
     rows = {r["config"]: r for r in result["rows"] if r["file"] == smollm2_path.name}
@@ -237,6 +241,7 @@ def test_quick_fidelity_of_real_weights(quick_result, smollm2_path):
 
 
 @pytest.mark.native
+@pytest.mark.slow
 def test_given_image_and_prompt_replace_the_synthetic_ones(tiny, tmp_path):
     from PIL import Image
 

@@ -62,6 +62,7 @@ def test_reset_starts_over(tiny_model, photos):
     assert again == first
 
 
+@pytest.mark.slow
 def test_overflow_is_refused_before_decoding(tiny, photos):
     with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=160, n_threads=2)) as model:
         session = ChatSession(model, prune=fe.PruneConfig(strategy="none"))

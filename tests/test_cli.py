@@ -16,6 +16,7 @@ def tiny_args(tiny):
     return ["-m", tiny.llama_path, "--mmproj", tiny.mmproj_path, "-c", "512", "-t", "2"]
 
 
+@pytest.mark.slow
 def test_run_streams_the_answer_then_one_statistics_line(cli_env, tiny, photos):
     out = run_cli(
         cli_env,
@@ -51,6 +52,7 @@ def test_run_streams_the_answer_then_one_statistics_line(cli_env, tiny, photos):
 
 
 @needs_fastv
+@pytest.mark.slow
 def test_run_json_reports_pruning(cli_env, tiny, photos):
     out = run_cli(
         cli_env,
@@ -75,6 +77,7 @@ def test_run_json_reports_pruning(cli_env, tiny, photos):
     assert 0 < report["flops_ratio"] < 1 and report["generation_tokens"] == 3
 
 
+@pytest.mark.slow
 def test_chat_over_piped_stdin(cli_env, tiny, photos):
     script = "\n".join(
         [
@@ -114,6 +117,7 @@ def test_errors_are_one_line_with_exit_1(cli_env, tmp_path):
 
 
 @needs_fastv
+@pytest.mark.slow
 def test_info_json(cli_env, tiny):
     out = run_cli(cli_env, "info", "-m", tiny.llama_path, "--mmproj", tiny.mmproj_path, "--json")
     assert out.returncode == 0, out.stderr
@@ -168,6 +172,7 @@ def fake_hub(tiny):
     thread.join()
 
 
+@pytest.mark.slow
 def test_pull_downloads_into_the_hub_cache_then_run_uses_the_preset(cli_env, fake_hub, tmp_path, photos):
     # TQDM_POSITION=-1: huggingface_hub shows its bars even though stderr is not a terminal
     env = {
@@ -205,6 +210,7 @@ def test_pull_downloads_into_the_hub_cache_then_run_uses_the_preset(cli_env, fak
     assert json.loads(run.stdout)["n_image_tokens"] == 64
 
 
+@pytest.mark.slow
 def test_pull_and_load_fail_cleanly_without_the_files(cli_env, tmp_path):
     env = {**cli_env, "HF_HOME": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
     out = run_cli(env, "pull", "smolvlm-256m", "--quiet")
@@ -217,6 +223,7 @@ def test_pull_and_load_fail_cleanly_without_the_files(cli_env, tmp_path):
     assert out.returncode == 1 and "unknown preset 'no-such-preset'" in out.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_answer_not_the_session(cli_env, tiny):
     import signal
     import subprocess

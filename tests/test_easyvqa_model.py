@@ -35,7 +35,7 @@ CLASSES = {
     "yes",
 }
 
-pytestmark = pytest.mark.native
+pytestmark = [pytest.mark.native, pytest.mark.slow]  # 50 questions through a real model
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def _reference(path):
     return values, tensors, reader.data_offset
 
 
-@pytest.mark.parametrize("which", ["llama_path", "mmproj_path"])
+@pytest.mark.parametrize("which", [pytest.param("llama_path", marks=pytest.mark.slow), "mmproj_path"])
 def test_values_and_tensors_match_gguf_py(tiny, which):
     path = getattr(tiny, which)
     values, tensors, data_offset = _reference(path)

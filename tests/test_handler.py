@@ -98,6 +98,7 @@ def test_pruned_answer_equals_the_python_api(llm, tiny, photos):
     assert text == api
 
 
+@pytest.mark.slow
 def test_image_sources_agree(llm, tiny, photos):
     h = handler(tiny, strategy="none")
     path = photos["astronaut"]

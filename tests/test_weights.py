@@ -27,6 +27,7 @@ def test_smollm2_is_found_inside_its_package():
     assert _architecture(path) == "llama"
 
 
+@pytest.mark.slow
 def test_gemma3_is_assembled_once_into_the_cache(tmp_path):
     path = weights.gemma3_270m_path(cache=tmp_path)
     assert path == tmp_path / weights.GEMMA3_FILE
