@@ -22,7 +22,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="text model GGUF, or a preset name (see `presets`)")
     p.add_argument("--mmproj", help="mmproj (vision projector) GGUF; default: the preset's")
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
-    p.add_argument("-t", "--threads", type=int, help="CPU threads (default: half the cores)")
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        help="CPU threads, prompt and decode (default: half the cores to decode, all for the prompt)",
+    )
     p.add_argument("-b", "--batch-size", type=int, default=512, help="logical batch size (default 512)")
     p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch size (default 512)")
     p.add_argument("-fa", "--flash-attn", action="store_true", help="use flash attention")

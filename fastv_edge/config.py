@@ -88,7 +88,7 @@ class RuntimeConfig:
     """llama.cpp context settings (names follow llama-cpp-python's Llama arguments)."""
 
     n_ctx: int = 4096
-    n_threads: int | None = None  # None: llama-cpp-python's default (half the cores)
+    n_threads: int | None = None  # decode and prompt; None: llama-cpp-python's defaults (half / all cores)
     n_batch: int = 512
     n_ubatch: int = 512
     flash_attn: bool = False

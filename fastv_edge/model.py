@@ -347,6 +347,9 @@ def _load_llama(stack: ExitStack, model_path: str, runtime: RuntimeConfig):
             n_batch=runtime.n_batch,
             n_ubatch=runtime.n_ubatch,
             n_threads=runtime.n_threads,
+            # the prompt too: llama-cpp-python would take every core for it, and ggml's threads
+            # spin at barriers when fewer cores are free (llama.cpp's own -t sets both)
+            n_threads_batch=runtime.n_threads,
             flash_attn=runtime.flash_attn,
             n_gpu_layers=runtime.n_gpu_layers,
             verbose=runtime.verbose,

@@ -120,10 +120,10 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny):
-    """The tiny F32 pair loaded once per module (n_ctx 1024, 2 threads)."""
+    """The tiny F32 pair loaded once per module (n_ctx 1024, 1 thread)."""
     from fastv_edge import RuntimeConfig, load
 
-    with load(tiny.llama_path, tiny.mmproj_path, runtime=RuntimeConfig(n_ctx=1024, n_threads=2)) as model:
+    with load(tiny.llama_path, tiny.mmproj_path, runtime=RuntimeConfig(n_ctx=1024, n_threads=1)) as model:
         yield model
 
 

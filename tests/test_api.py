@@ -27,7 +27,7 @@ def stock_answer(tiny, image_path, max_tokens=8) -> str:
             return [dict(m, content="".join(p["text"] for p in m["content"])) for m in out]
 
     handler = JoinedContent(clip_model_path=str(tiny.mmproj_path), verbose=False)
-    llm = Llama(str(tiny.llama_path), n_ctx=1024, n_threads=2, chat_handler=handler, verbose=False)
+    llm = Llama(str(tiny.llama_path), n_ctx=1024, n_threads=1, n_threads_batch=1, chat_handler=handler, verbose=False)
     try:
         msg = {
             "role": "user",
@@ -125,7 +125,7 @@ def test_quantized_weights(tiny_q8, photos):
     """Q8_0 matrices: R=0 still equals stock and the kept set still follows C's scores."""
     from fastv_edge import _native
 
-    with fe.load(tiny_q8.llama_path, tiny_q8.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=512, n_threads=2)) as model:
+    with fe.load(tiny_q8.llama_path, tiny_q8.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=512, n_threads=1)) as model:
         stock = [r.token for r in answer(model, photos["chelsea"], prune=fe.PruneConfig(strategy="none"))[1]]
         assert [r.token for r in answer(model, photos["chelsea"], prune=fe.PruneConfig(drop_ratio=0.0))[1]] == stock
         answer(model, photos["chelsea"], prune=fe.PruneConfig(drop_ratio=0.5))
@@ -153,6 +153,13 @@ def test_generate_joins_the_stream(tiny_model, photos):
     assert text == "".join(r.text for r in fe.stream_generate(tiny_model, QUESTION, [photos["chelsea"]], **kwargs))
 
 
+def test_threads_bind_decode_and_prompt(tiny_model):
+    import llama_cpp
+
+    assert tiny_model.runtime.n_threads == 1
+    assert (llama_cpp.llama_n_threads(tiny_model.ctx), llama_cpp.llama_n_threads_batch(tiny_model.ctx)) == (1, 1)
+
+
 def test_seeded_sampling_is_reproducible(tiny_model, photos):
     def run(seed):
         responses = fe.stream_generate(
@@ -165,8 +172,9 @@ def test_seeded_sampling_is_reproducible(tiny_model, photos):
         )
         return [r.token for r in responses]
 
-    assert run(5) == run(5)
-    assert run(5) != run(6)  # the seed is used: temp=1 really samples
+    first = run(5)
+    assert run(5) == first
+    assert run(6) != first  # the seed is used: temp=1 really samples
 
 
 def test_images_from_bytes_and_data_uri(tiny_model, photos):
@@ -187,7 +195,7 @@ def test_smollm2_with_a_projector(smollm2_path, smollm2_mmproj, photos):
     from fastv_edge import _native
     from fastv_edge.chat import ChatSession
 
-    runtime = fe.RuntimeConfig(n_ctx=512, n_threads=2)
+    runtime = fe.RuntimeConfig(n_ctx=512, n_threads=1)
     with fe.load(smollm2_path, smollm2_mmproj, runtime=runtime, prune=fe.PruneConfig(layer=8)) as model:
         stock = [r.token for r in answer(model, photos["astronaut"], prune=fe.PruneConfig(strategy="none"))[1]]
         r0 = answer(model, photos["astronaut"], prune=fe.PruneConfig(layer=8, drop_ratio=0.0))[1]
@@ -208,10 +216,10 @@ def test_smollm2_text_only_matches_llama_cpp_python(smollm2_path):
     from llama_cpp import Llama
 
     prompt = "The capital of France is"
-    with fe.load(smollm2_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=2)) as model:
+    with fe.load(smollm2_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=1)) as model:
         # default PruneConfig: with no image in the prompt the stock path runs
         ours = fe.generate(model, prompt, max_tokens=6, apply_template=False)
-    llm = Llama(str(smollm2_path), n_ctx=256, n_threads=2, verbose=False)
+    llm = Llama(str(smollm2_path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         ref = llm.create_completion(prompt, max_tokens=6, temperature=0.0, repeat_penalty=1.0)["choices"][0]["text"]
     finally:

@@ -166,7 +166,7 @@ def test_python_api_with_the_family_template(pair, photos):
     from fastv_edge import _native
     from fastv_edge.pruning import select_top_k
 
-    runtime = fe.RuntimeConfig(n_ctx=2048, n_threads=2)
+    runtime = fe.RuntimeConfig(n_ctx=2048, n_threads=1)
     with fe.load(pair["lm"], pair["mmproj"], runtime=runtime, template=pair["template"]) as model:
 
         def run(prune):
@@ -216,7 +216,7 @@ def test_gemma3_warns_when_layer_k_minus_1_cannot_see_every_image_token(tiny_dir
     lm = make_tiny_gemma3(tiny_dir)
     mmproj, hp = make_tiny_vision_mmproj(tiny_dir, "gemma3", lm.hparams.n_embd, out_std=2.5)
     question = "Please describe the picture in detail, every object and every colour in it."
-    with fe.load(lm.path, mmproj, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=2)) as model:
+    with fe.load(lm.path, mmproj, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=1)) as model:
         with pytest.warns(RuntimeWarning, match="outside its sliding window"):
             out = list(
                 fe.stream_generate(

@@ -145,7 +145,7 @@ def test_keep_larger_than_n_leaves_the_model_usable(tiny_model, photos):
 
 
 def test_prompt_plus_images_longer_than_the_context(tiny, photos):
-    with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=2)) as model:
+    with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=1)) as model:
         n_images = model.n_ctx // 64 + 1
         with pytest.raises(fe.ContextOverflowError, match=r"\(\d+ text \+ \d+ image\).*raise n_ctx"):
             fe.generate(model, Q, [photos["coffee"]] * n_images)
@@ -164,6 +164,6 @@ def test_prompt_must_not_end_with_an_image(tiny_model, photos):
 
 
 def test_text_only_model_refuses_images(tiny, photos):
-    with fe.load(tiny.llama_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=2)) as model:
+    with fe.load(tiny.llama_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=1)) as model:
         with pytest.raises(ValueError, match="without an mmproj"):
             fe.generate(model, Q, [photos["coffee"]])

@@ -64,7 +64,7 @@ def test_reset_starts_over(tiny_model, photos):
 
 @pytest.mark.slow
 def test_overflow_is_refused_before_decoding(tiny, photos):
-    with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=160, n_threads=2)) as model:
+    with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=160, n_threads=1)) as model:
         session = ChatSession(model, prune=fe.PruneConfig(strategy="none"))
         turn(session, "Describe this.", [photos["astronaut"]])
         used, history = session.n_used, list(session.messages)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.native
 
 
 def tiny_args(tiny):
-    return ["-m", tiny.llama_path, "--mmproj", tiny.mmproj_path, "-c", "512", "-t", "2"]
+    return ["-m", tiny.llama_path, "--mmproj", tiny.mmproj_path, "-c", "512", "-t", "1"]
 
 
 @pytest.mark.slow
