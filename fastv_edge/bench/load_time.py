@@ -22,7 +22,7 @@ import time
 LLAMA = """
 import sys, time, llama_cpp
 t = time.perf_counter()
-llama_cpp.Llama(model_path=sys.argv[1], n_ctx=512, n_threads=1, verbose=False)
+llama_cpp.Llama(model_path=sys.argv[1], n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
 print(time.perf_counter() - t)
 """
 LOAD = """
