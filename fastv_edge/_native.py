@@ -18,6 +18,7 @@ import llama_cpp
 from llama_cpp._ctypes_extensions import ctypes_function_for_shared_library
 
 from .errors import NativeError, PatchMissingError
+from .native_build import install_command
 from .native_info import FASTV_SYMBOLS
 
 _lib = llama_cpp.llama_cpp._lib
@@ -32,7 +33,7 @@ _ctx_p = llama_cpp.llama_context_p_ctypes
 def _missing(name: str) -> PatchMissingError:
     return PatchMissingError(
         f"{_lib._name} has no {name}: this is a stock llama-cpp-python build. "
-        "Rebuild the patched one: python fastv_edge/native_build.py install"
+        f"Rebuild the patched one: {install_command()}"
     )
 
 

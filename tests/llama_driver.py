@@ -51,7 +51,7 @@ class LlamaDriver:
         n_ubatch: int = 512,
         flash_attn: bool = False,
         kv_type: int = GGML_TYPE_F32,
-        n_threads: int = 2,
+        n_threads: int = 1,
         n_seq_max: int = 1,
         kv_unified: bool = False,
         swa_full: bool = True,
@@ -289,7 +289,7 @@ class MtmdSession:
         n_threads: CPU threads for the vision encoder.
     """
 
-    def __init__(self, driver: LlamaDriver, mmproj_path: str | Path, n_threads: int = 2):
+    def __init__(self, driver: LlamaDriver, mmproj_path: str | Path, n_threads: int = 1):
         import llama_cpp.mtmd_cpp as mtmd
 
         self.mtmd = mtmd

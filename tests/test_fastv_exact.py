@@ -107,6 +107,7 @@ def test_finish_with_keep_matches_reference(tiny, ref, native, driver_cls):
     assert np.abs(got - want).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_chunking_invariance(tiny, ref, native, driver_cls):
     results = []
     for n_ubatch, n_batch in [(512, 512), (17, 512), (8, 512), (8, 16)]:  # (8, 16): the image spans 3 calls
@@ -244,6 +245,7 @@ def test_hide_on_its_own_matches_reference(tiny, ref, native, driver_cls):
     assert np.abs(np.array(got) - np.array(want)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_smollm2_pseudo_image(smollm2_path, native, driver_cls):
     """Real Q4_1 weights, a 576-row pseudo image through the embedding path."""
     with driver_cls(smollm2_path, n_ctx=1024, n_batch=1024) as drv:

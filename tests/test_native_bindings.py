@@ -25,7 +25,7 @@ def test_stubs_raise_on_a_stock_library(monkeypatch):
     stock = importlib.reload(_native)
     try:
         assert not stock.HAS_FASTV
-        with pytest.raises(PatchMissingError, match="llama_fastv_begin.*native_build.py install"):
+        with pytest.raises(PatchMissingError, match="llama_fastv_begin.*-m fastv_edge.native_build install"):
             stock.begin(None, 0, 2)
         for name in stock.SYMBOLS:
             with pytest.raises(PatchMissingError, match=name):

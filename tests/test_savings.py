@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.native
+pytestmark = [pytest.mark.native, pytest.mark.slow]
 
 
 def test_savings_script_reports_consistent_rows(tiny, tmp_path):
