@@ -125,6 +125,7 @@ class ChatSession:
             sampling=self.sampling,
             apply_template=False,
             cache=self._cache,
+            instruction=text,
             progress=self.progress,
         )
         answer: list[str] = []

@@ -101,7 +101,11 @@ def cmd_run(args, backend: Backend) -> int:
             if not args.json:
                 print(r.text, end="", flush=True)
         if args.json:
-            print(json.dumps({"text": "".join(text), **last.summary(), "n_ctx": model.n_ctx, "prune": asdict(model.prune)}))
+            print(
+                json.dumps(
+                    {"text": "".join(text), **last.summary(), "n_ctx": model.n_ctx, "prune": asdict(model.prune)}
+                )
+            )
         else:
             print()
             if not args.quiet:

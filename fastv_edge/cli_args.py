@@ -46,16 +46,33 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
 def add_prune_args(p: argparse.ArgumentParser) -> None:
     """-k, -r | --keep and --strategy: the pruning flags."""
     p.add_argument(
-        "-k", "--layer", type=int, help=f"FastV K: layers that see every image token (default {DEFAULT_LAYER})"
+        "-k",
+        "--layer",
+        type=int,
+        help=f"K: layers that see every image token; 0 = select before the LLM "
+        f"(default {DEFAULT_LAYER} for fastv/random, 0 for divprune/dart/cdpruner)",
     )
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("-r", "--drop-ratio", type=float, help="FastV R: share of image tokens dropped (default 0.5)")
+    budget.add_argument("-r", "--drop-ratio", type=float, help="R: share of image tokens dropped (default 0.5)")
     budget.add_argument("--keep", type=int, help="number of image tokens kept (instead of -r)")
     p.add_argument(
         "--strategy",
         choices=STRATEGIES,
         default="fastv",
-        help="fastv (default), random (seeded baseline) or none (stock llama.cpp)",
+        help="fastv (default: attention at layer K-1), divprune | dart | cdpruner (from the image embeddings, "
+        "before the LLM), random (seeded baseline, before the LLM with -k 0), none (stock llama.cpp)",
+    )
+    p.add_argument(
+        "--pre",
+        metavar="STRATEGY:BUDGET",
+        help="a first stage before the LLM, then --strategy at -k K on what is left, e.g. --pre divprune:192 "
+        "--keep 64 (budget: a count, or r=RATIO; cdpruner also takes theta=T)",
+    )
+    p.add_argument(
+        "--relevance-weight",
+        type=float,
+        default=0.5,
+        help="cdpruner's theta in [0, 1): weight of relevance to the prompt against diversity (default 0.5)",
     )
 
 
@@ -69,8 +86,15 @@ def add_output_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 def prune_from_args(args) -> PruneConfig:
     """PruneConfig from the -k/-r/--keep/--strategy/--seed flags."""
-    layer = DEFAULT_LAYER if args.layer is None else args.layer
-    return PruneConfig(layer=layer, drop_ratio=args.drop_ratio, keep=args.keep, strategy=args.strategy, seed=args.seed)
+    return PruneConfig(
+        layer=args.layer,  # None: the strategy's default
+        drop_ratio=args.drop_ratio,
+        keep=args.keep,
+        strategy=args.strategy,
+        seed=args.seed,
+        pre=getattr(args, "pre", None),
+        relevance_weight=getattr(args, "relevance_weight", 0.5),
+    )
 
 
 def ignored_prune_flags(args) -> list[str]:

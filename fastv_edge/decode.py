@@ -93,7 +93,9 @@ def decode_rows(ctx, rows: np.ndarray, positions: np.ndarray, *, non_causal: boo
 def _decode_part(ctx, rows: np.ndarray, positions: np.ndarray, seq_id: int) -> None:
     n, n_embd = rows.shape  # (n, n_embd_inp)
     batch = llama_cpp.llama_batch_init(n, n_embd, 1)
-    own_pos = batch.pos  # llama_batch_free frees this one; M-RoPE points pos at our (4, n) array meanwhile
+    # llama_batch_free frees batch.pos: keep its address as an int (a ctypes pointer read from the
+    # struct aliases the field, so it would follow the reassignment below), restore it after
+    own_pos = ctypes.cast(batch.pos, ctypes.c_void_p).value
     try:
         batch.n_tokens = n
         ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
@@ -107,5 +109,5 @@ def _decode_part(ctx, rows: np.ndarray, positions: np.ndarray, seq_id: int) -> N
             batch.pos = positions.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))  # (4, n) section-major
         _decode(ctx, batch, "image rows")
     finally:
-        batch.pos = own_pos
+        batch.pos = ctypes.cast(own_pos, ctypes.POINTER(llama_cpp.llama_pos))
         llama_cpp.llama_batch_free(batch)

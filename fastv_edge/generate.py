@@ -16,7 +16,7 @@ import ctypes
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
@@ -27,77 +27,12 @@ from .decode import TokenBatch
 from .flops import flops_ratio
 from .images import RGBImage, load_image
 from .model import Model
-from .prefill import PrefillStats, Progress, check_fits, no_progress, prefill
+from .prefill import Progress, check_fits, no_progress, prefill
 from .prompt import Prompt, tokenize
+from .response import GenerationResponse, PrefillStats
 from .templates import render, user_message
 
 ImageInput = str | os.PathLike | bytes | RGBImage
-
-
-@dataclass
-class GenerationResponse:
-    """One streamed step.
-
-    text: the new text of this step ('' while a UTF-8 character is incomplete).
-    token: the token id of this step.
-    finish_reason: None while generating; 'stop' (end-of-generation token) or 'length'
-        (max_tokens or a full context) on the last response.
-    stats: what the prefill of this request did (the same object in every step); the
-        properties below read it.
-    """
-
-    text: str
-    token: int
-    stats: PrefillStats
-    generation_tokens: int = 0
-    ttft_ms: float = 0.0  # request start -> first token sampled (encode + prefill + sampling)
-    decode_tps: float = 0.0  # generated tokens per second after the first
-    flops_ratio: float = 1.0  # paper eq. 5, this prefill vs. stock (1.0 = no saving)
-    finish_reason: str | None = None
-
-    @property
-    def prompt_tokens(self) -> int:
-        """Text + image tokens of this prompt before pruning."""
-        return self.stats.n_prompt_tokens
-
-    @property
-    def n_image_tokens(self) -> int:
-        """N."""
-        return self.stats.n_image_tokens
-
-    @property
-    def n_kept(self) -> int:
-        """Image tokens the deep layers see (N when nothing was pruned)."""
-        return self.stats.n_kept
-
-    @property
-    def n_unranked(self) -> int:
-        """Image tokens layer K-1 could not see (sliding window): ranked last."""
-        return self.stats.n_unranked
-
-    @property
-    def encode_ms(self) -> float:
-        return self.stats.encode_ms
-
-    @property
-    def prefill_ms(self) -> float:
-        return self.stats.prefill_ms
-
-    @property
-    def shallow_ms(self) -> float:
-        return self.stats.shallow_ms
-
-    @property
-    def deep_ms(self) -> float:
-        return self.stats.deep_ms
-
-    def summary(self) -> dict:
-        """The request's statistics as one flat JSON-ready dict (the CLI's --json)."""
-        stats = asdict(self.stats)
-        stats.pop("kept")  # indices: too long for a summary; response.stats.kept has them
-        stats["prefill_ms"] = self.stats.prefill_ms
-        step = {k: v for k, v in asdict(self).items() if k not in ("text", "token", "stats")}
-        return {"prompt_tokens": self.prompt_tokens, **step, **stats}
 
 
 @dataclass
@@ -226,7 +161,7 @@ def _respond(
     progress: Progress,
     t_start: float,
 ) -> Iterator[GenerationResponse]:
-    check_fits(prompt, cache.n_used, model.n_ctx)
+    check_fits(prompt, prune, cache.n_used, model.n_ctx)
     vocab = llama_cpp.llama_model_get_vocab(model.llm.model)
     cache.n_past, stats = prefill(model.target, prompt, n_past=cache.n_past, prune=prune, progress=progress)
     cache.n_used += stats.n_cells
@@ -350,6 +285,7 @@ def stream_generate(
     apply_template: bool = True,
     system: str | None = None,
     cache: PromptCache | None = None,
+    instruction: str | None = None,
     progress: Progress = no_progress,
 ) -> Iterator[GenerationResponse]:
     """Answer one prompt about zero or more images, streaming.
@@ -366,6 +302,8 @@ def stream_generate(
         cache: continue this conversation (its prompt and answers stay in the context, the new
             prompt is appended, BOS only when it is empty); None: an independent request on a
             cleared context.
+        instruction: the text CDPruner ranks image tokens against (default: `prompt` without
+            its image markers).
         progress: progress hook for slow steps (the CLI prints them).
 
     Yields:
@@ -382,6 +320,8 @@ def stream_generate(
     cache = cache if cache is not None else PromptCache()
     _claim(model, cache)
     with tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=cache.empty) as tokens:
+        words = (instruction if instruction is not None else prompt).replace(model.marker, " ").strip()
+        tokens.instruction = list(model.llm.tokenize(words.encode("utf-8"), add_bos=False, special=False))
         yield from _respond(
             model,
             tokens,
@@ -401,7 +341,7 @@ def generate(model: Model, prompt: str, images: Sequence[ImageInput] = (), **kwa
         model: from load().
         prompt: the user's text.
         images: see stream_generate().
-        **kwargs: prune, max_tokens, sampling, apply_template, system, cache, progress.
+        **kwargs: prune, max_tokens, sampling, apply_template, system, cache, instruction, progress.
 
     Returns:
         The generated text.

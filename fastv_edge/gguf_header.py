@@ -83,6 +83,7 @@ class GGUFHeader:
     values: dict[str, object] = field(default_factory=dict)
     types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     tensors: tuple[TensorInfo, ...] | None = None
+    data_offset: int | None = None  # file offset of the tensor data section (TensorInfo.offset is from here)
 
     def get(self, key: str, default=None):
         """The value of key, or default when absent (or a skipped array)."""
@@ -165,7 +166,7 @@ def _read_value(cur: _Cursor, key: str, vtype: int, want_array: bool):
     return list(cur.unpack(f"{count}{SCALAR_FORMATS[item]}", key)), item
 
 
-def _read_tensors(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[TensorInfo, ...]:
+def _read_tensors(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[tuple[TensorInfo, ...], int]:
     table = []
     for i in range(n_tensors):
         name = cur.string(f"tensor {i} name")
@@ -184,7 +185,7 @@ def _read_tensors(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[TensorI
         end = data_start + t.offset + t.n_bytes
         if end > cur.size:
             raise GGUFFormatError(f"tensor {t.name!r} ends at byte {end}, past the end of the file ({cur.size})")
-    return tuple(table)
+    return tuple(table), data_start
 
 
 def _read_prelude(cur: _Cursor) -> tuple[int, int, int]:
@@ -249,7 +250,7 @@ def read_header(
             alignment = header.values.get("general.alignment", DEFAULT_ALIGNMENT)
             if not isinstance(alignment, int) or alignment < 1 or alignment & (alignment - 1):
                 raise GGUFFormatError(f"general.alignment {alignment!r} is not a power of 2")
-            header.tensors = _read_tensors(cur, n_tensors, alignment)
+            header.tensors, header.data_offset = _read_tensors(cur, n_tensors, alignment)
     return header
 
 

@@ -85,6 +85,7 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         self.template = template
         self.last_stats: PrefillStats | None = None  # statistics of the last prefill
         self._encoder: ImageEncoder | None = None
+        self._token_embeddings = None  # opened on the first CDPruner request
 
     def _init_mtmd_context(self, llama_model) -> None:
         # MTMDChatHandler's own set-up takes verbose from the Llama and lets mtmd print to
@@ -132,13 +133,28 @@ class FastVChatHandler(lcf.MTMDChatHandler):
             print(text, file=sys.stderr)
         return text
 
-    def _evaluate(self, llama, text: str, images) -> list[int]:
+    def _text_features(self, llama):
+        if self._token_embeddings is None:
+            from .text_features import TokenEmbeddings
+
+            self._token_embeddings = TokenEmbeddings(llama.model_path)
+            llama._stack.callback(self._token_embeddings.close)
+        return self._token_embeddings
+
+    def _evaluate(self, llama, text: str, images, instruction: list[int] | None = None) -> list[int]:
         """The pruned prefill; leaves `llama` as if it had evaluated the prompt itself."""
         llama.reset()
         llama._ctx.kv_cache_clear()
-        target = Target(llama._ctx.ctx, self._encoder, llama.n_batch, llama_cpp.llama_n_ubatch(llama._ctx.ctx))
+        target = Target(
+            llama._ctx.ctx,
+            self._encoder,
+            llama.n_batch,
+            llama_cpp.llama_n_ubatch(llama._ctx.ctx),
+            text_rows=lambda ids: self._text_features(llama).rows(ids),
+        )
         with tokenize(llama, self.mtmd_ctx, text, images, add_special=True) as prompt:
-            check_fits(prompt, 0, llama.n_ctx())
+            prompt.instruction = instruction
+            check_fits(prompt, self.prune, 0, llama.n_ctx())
             n_past, self.last_stats = prefill(target, prompt, n_past=0, prune=self.prune)
             _sync_llama(llama, prompt, n_past)
         return llama.input_ids[: llama.n_tokens].tolist()
@@ -175,7 +191,9 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         text = self._render(
             llama, messages, functions=functions, function_call=function_call, tools=tools, tool_choice=tool_choice
         )
-        prompt = self._evaluate(llama, text, images)
+        words = _last_user_text(messages)
+        instruction = list(llama.tokenize(words.encode("utf-8"), add_bos=False, special=False)) if words else None
+        prompt = self._evaluate(llama, text, images, instruction)
         if response_format is not None and response_format.get("type") == "json_object":
             grammar = lcf._grammar_for_response_format(response_format)
         tool = _forced_tool(functions, function_call, tools, tool_choice)
@@ -210,6 +228,19 @@ def _forced_tool(functions, function_call, tools, tool_choice):
     if tool is None:
         raise ValueError(f"Tool choice '{name}' not found in tools.")
     return tool
+
+
+def _last_user_text(messages) -> str:
+    """The text parts of the last user message (what CDPruner ranks image tokens against)."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        parts = content or []
+        return " ".join(p.get("text", "") for p in parts if isinstance(p, dict) and p.get("type") == "text")
+    return ""
 
 
 def usage_stats(stats: PrefillStats) -> dict:

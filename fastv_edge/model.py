@@ -224,6 +224,7 @@ class Model:
         self.template = template
         self.template_origin = template_origin
         self.encoder = ImageEncoder(mtmd_ctx, llm.model) if mtmd_ctx is not None else None
+        self._token_embeddings = None  # opened on the first CDPruner request
         self._stack = stack
 
     @property
@@ -238,7 +239,18 @@ class Model:
 
         from .prefill import Target
 
-        return Target(self.ctx, self.encoder, self.llm.n_batch, llama_cpp.llama_n_ubatch(self.ctx))
+        return Target(
+            self.ctx, self.encoder, self.llm.n_batch, llama_cpp.llama_n_ubatch(self.ctx), text_rows=self.text_rows
+        )
+
+    def text_rows(self, ids) -> np.ndarray:  # noqa: F821 (numpy is imported lazily)
+        """The model's input embeddings of token ids, (len(ids), n_embd) (CDPruner's text features)."""
+        if self._token_embeddings is None:
+            from .text_features import TokenEmbeddings
+
+            self._token_embeddings = TokenEmbeddings(self.info.path)
+            self._stack.callback(self._token_embeddings.close)
+        return self._token_embeddings.rows(ids)
 
     @property
     def n_ctx(self) -> int:

@@ -1,15 +1,15 @@
-"""The one prompt evaluation every entry point calls: stock, FastV, or rows selected first.
+"""The one prompt evaluation every entry point calls: stock, FastV, rows selected first, or both.
 
-    for each piece of the prompt, in order:
-        text    llama_decode of its tokens
-        image   rows = encoder.encode(piece)             (mtmd's vision encoder, or given rows)
-                keep = pre-LLM selection of rows         (every row when nothing selects)
-                every row kept -> mtmd_helper_decode_image_chunk(rows), exactly mtmd's decode
-                a subset       -> decode.decode_rows(rows[keep], positions[:, keep])
-    FastV (strategy 'fastv'/'random' at layer K >= 1, and images in the prompt):
-        llama_fastv_begin before the first piece (graphs stop after layer K-1), then
-        llama_fastv_finish(n_keep) ranks the decoded image rows by layer K-1 attention and runs
-        layers >= K on the kept ones ('random' picks the kept set with a seeded draw).
+    1. encode  every image: rows = encoder.encode(piece)      (mtmd's vision encoder, or given rows)
+    2. select  pre-LLM stage (divprune / dart / cdpruner / random at K=0, or a two-stage `pre`):
+               which rows enter the LLM, B1 of N, shared across images by token count
+    3. decode  the pieces in order; text with llama_decode; an image
+                   every row kept -> mtmd_helper_decode_image_chunk(rows), exactly mtmd's decode
+                   a subset       -> decode.decode_rows(rows[keep], positions[:, keep]): kept rows keep
+                                     their positions, the text after continues where the whole image ends
+    4. FastV   in-LLM stage (fastv / random at layer K >= 1): llama_fastv_begin before step 3 (graphs
+               stop after layer K-1), then llama_fastv_finish(B2) ranks the decoded image rows by
+               layer K-1 attention and runs layers >= K on the kept ones ('random' draws them).
     The last prompt token's logits are then in the context, as after any decode.
 
 On any error the FastV state is aborted and the cells this prefill wrote are removed, so the
@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
@@ -35,7 +35,8 @@ from .decode import TokenBatch, decode_rows
 from .encoder import Encoded, ImageEncoder
 from .errors import ContextOverflowError, NativeError, Status, UnsupportedModelError
 from .prompt import ImagePiece, Prompt, TextPiece
-from .pruning import n_keep, select_random
+from .pruning import select_random, stage_budgets
+from .response import ImageStats, PrefillStats
 
 Progress = Callable[[str], AbstractContextManager]
 
@@ -50,85 +51,57 @@ _NO_CALLBACK = mtmd.mtmd_helper_post_decode_callback()  # a NULL function pointe
 
 @dataclass
 class Target:
-    """Where a prefill decodes: a llama context, its batch sizes, and the image encoder."""
+    """Where a prefill decodes: a llama context, its batch sizes, the image encoder, and the
+    text-feature reader pre-LLM selection needs (CDPruner: token ids -> input embedding rows)."""
 
     ctx: object  # llama_context pointer
     encoder: ImageEncoder | None
     n_batch: int
     n_ubatch: int
     seq_id: int = 0
+    text_rows: Callable[[list[int]], np.ndarray] | None = None
 
     @property
     def mtmd_ctx(self):
         return self.encoder.mtmd_ctx if self.encoder is not None else None
 
 
-@dataclass
-class ImageStats:
-    """One image of a prefill."""
+def prompt_cells(prompt: Prompt, prune: PruneConfig) -> int:
+    """KV cells the prompt will occupy: its text plus the image rows that enter the LLM (B1).
 
-    name: str
-    n_tokens: int  # rows the encoder produced
-    grid: tuple[int, int] | None  # (nx, ny) patch grid of an M-RoPE image
-    n_decoded: int  # rows decoded into the LLM (after any pre-LLM selection)
-    encode_ms: float
-
-
-@dataclass
-class PrefillStats:
-    """What one prefill did and how long it took."""
-
-    strategy: str = "none (stock)"  # PruneConfig.describe()
-    n_prompt_tokens: int = 0  # text + image tokens before any pruning
-    n_image_tokens: int = 0  # N
-    n_cells: int = 0  # KV cells the prompt occupies (text + decoded image rows)
-    n_kept: int = 0  # image tokens the deep layers see (N when nothing is pruned)
-    layer: int = 0  # K of in-LLM pruning (0: none ran)
-    encode_ms: float = 0.0  # vision encoder, all images
-    select_ms: float = 0.0  # pre-LLM selection and the in-LLM keep choice, outside llama.cpp
-    shallow_ms: float = 0.0  # LLM decode of every piece (layers [0, K) when FastV runs, else all)
-    deep_ms: float = 0.0  # FastV phase 2: layers [K, L) on the kept tokens
-    pruned: bool = False  # in-LLM pruning (llama_fastv_*) ran
-    kept: list[int] = field(default_factory=list)  # kept image-token indices into all N, ascending
-    n_unranked: int = 0  # image tokens a sliding-window layer K-1 could not see (ranked last)
-    images: list[ImageStats] = field(default_factory=list)
-
-    @property
-    def prefill_ms(self) -> float:
-        """LLM prefill time, both phases (the vision encoder excluded)."""
-        return self.shallow_ms + self.deep_ms
+    Raises:
+        ValueError: a budget larger than the prompt's image tokens.
+    """
+    n_image = prompt.n_image_tokens
+    return prompt.n_tokens - n_image + stage_budgets(prune, n_image)[0]
 
 
-def check_fits(prompt: Prompt, n_used: int, n_ctx: int) -> None:
-    """Raise ContextOverflowError unless the prompt fits in the free KV cells (before any pruning)."""
-    if n_used + prompt.n_tokens > n_ctx:
+def check_fits(prompt: Prompt, prune: PruneConfig, n_used: int, n_ctx: int) -> None:
+    """Raise ContextOverflowError unless the prompt's cells fit in the context's free ones."""
+    n_cells = prompt_cells(prompt, prune)
+    if n_used + n_cells > n_ctx:
         n_img = prompt.n_image_tokens
+        n_text = prompt.n_tokens - n_img
         raise ContextOverflowError(
-            f"prompt needs {prompt.n_tokens} tokens ({prompt.n_tokens - n_img} text + {n_img} image) but only "
-            f"{n_ctx - n_used} of the context's {n_ctx} are free; raise n_ctx (-c) or shorten the prompt"
+            f"prompt needs {n_cells} KV cells ({n_text} text + {n_cells - n_text} of {n_img} image tokens) but only "
+            f"{n_ctx - n_used} of the context's {n_ctx} are free; raise n_ctx (-c), prune before the LLM "
+            "(--strategy divprune -k 0 --keep N) or shorten the prompt"
         )
 
 
-def _check_decodable(prompt: Prompt, n_ubatch: int) -> None:
+def _check_decodable(prompt: Prompt) -> None:
     if not prompt.pieces or not isinstance(prompt.pieces[-1], TextPiece):
         raise ValueError("the prompt must end with text after its last image (the answer starts from a text token)")
-    for piece in prompt.images:
-        # a non-causal image block (Gemma 3) must fit one ubatch, else llama.cpp aborts
-        if piece.non_causal and piece.n_tokens > n_ubatch:
-            raise ValueError(f"image has {piece.n_tokens} tokens but n_ubatch is {n_ubatch}; raise n_ubatch")
 
 
 @dataclass
-class _Plan:
-    """What one prefill will do with its N image tokens."""
+class _Image:
+    """One image through the stages: its rows and which of them enter the LLM."""
 
-    in_llm: bool  # llama_fastv_* at layer K
-    n_keep: int  # image tokens the deep layers keep
-
-    @classmethod
-    def make(cls, prune: PruneConfig, n_image: int) -> _Plan:
-        in_llm = prune.enabled and n_image > 0
-        return cls(in_llm, n_keep(prune, n_image) if in_llm else n_image)  # keep > N fails here, before C
+    piece: ImagePiece
+    offset: int  # index of its first token among all N image tokens of the prompt
+    encoded: Encoded | None = None
+    keep: np.ndarray | None = None  # (B1_i,) ascending row indices; None: every row
 
 
 def prefill(
@@ -145,82 +118,134 @@ def prefill(
         target: the llama context (its memory already holds positions [0, n_past)).
         prompt: the tokenized prompt; it must end with text.
         n_past: first position of this prompt.
-        prune: strategy, layer K and budget; 'none' or an image-less prompt takes the stock path.
+        prune: strategy, layer K and budgets; 'none' or an image-less prompt takes the stock path.
         progress: progress(message) -> context manager wrapped around slow steps.
 
     Returns:
         (next position, PrefillStats). The last prompt token's logits are in the context.
+
+    Raises:
+        ValueError: bad budgets for this prompt, a prompt not ending with text, an image block
+            that cannot be decoded; nothing was decoded then.
     """
-    _check_decodable(prompt, target.n_ubatch)
+    _check_decodable(prompt)
     n_image = prompt.n_image_tokens
-    plan = _Plan.make(prune, n_image)
+    b1, b2 = stage_budgets(prune, n_image)  # budgets larger than N fail here, before C
+    in_llm = prune.in_llm and n_image > 0
     stats = PrefillStats(
         strategy=prune.describe() if n_image else "none (no image)",
         n_prompt_tokens=prompt.n_tokens,
         n_image_tokens=n_image,
         n_kept=n_image,
-        pruned=plan.in_llm,
-        layer=prune.layer if plan.in_llm else 0,
+        pruned=in_llm,
+        layer=prune.layer if in_llm else 0,
     )
+    images, offset = [], 0
+    for piece in prompt.images:
+        images.append(_Image(piece, offset))
+        offset += piece.n_tokens
+    _encode(target, images, stats, progress)
+    if prune.pre_stage is not None and n_image:
+        _select(target, prompt, prune, images, stats)
+    _check_blocks(images, target.n_ubatch)
     memory = llama_cpp.llama_get_memory(target.ctx)
     start = n_past
-    if plan.in_llm:
+    if in_llm:
         _begin(target, prune.layer)
     try:
-        n_past = _decode_pieces(target, prompt, n_past, not plan.in_llm, stats, progress)
-        if plan.in_llm:
-            with progress(f"prefill: layers >= {prune.layer} on {plan.n_keep} of {n_image} image tokens"):
-                _finish(target, prune, plan.n_keep, stats)
+        n_past = _decode_pieces(target, prompt, images, n_past, not in_llm, stats)
+        if in_llm:
+            with progress(f"prefill: layers >= {prune.layer} on {b2} of {b1} image tokens"):
+                _finish(target, prune, b2, images, stats)
     except BaseException:
-        if plan.in_llm:
+        if in_llm:
             _native.abort(target.ctx)
         llama_cpp.llama_memory_seq_rm(memory, target.seq_id, start, -1)  # this prompt's cells, nothing else
         raise
-    stats.n_cells = sum(p.n_tokens for p in prompt.pieces if isinstance(p, TextPiece)) + sum(
-        i.n_decoded for i in stats.images
-    )
+    n_text = prompt.n_tokens - n_image
+    stats.n_cells = n_text + sum(img.n_decoded for img in stats.images)
     return n_past, stats
 
 
-def _decode_pieces(target: Target, prompt: Prompt, n_past: int, logits_last: bool, stats, progress) -> int:
-    images = prompt.images
+def _encode(target: Target, images: list[_Image], stats: PrefillStats, progress: Progress) -> None:
+    for k, img in enumerate(images, 1):
+        piece = img.piece
+        if piece.embd is not None:  # a pseudo image: its rows are given
+            img.encoded = Encoded(piece.embd, 0.0)
+            continue
+        if target.encoder is None:
+            raise ValueError("this model was loaded without an mmproj; it cannot read images (pass --mmproj)")
+        with progress(f"image {k}/{len(images)}: encoding {piece.n_tokens} tokens"):
+            img.encoded = target.encoder.encode(piece)
+        stats.encode_ms += img.encoded.encode_ms
+
+
+def _select(target: Target, prompt: Prompt, prune: PruneConfig, images: list[_Image], stats: PrefillStats) -> None:
+    from .selection import select_stage
+
+    stage = prune.pre_stage
+    t0 = time.perf_counter()
+    text_embd = None
+    if stage.strategy == "cdpruner":
+        if target.text_rows is None:
+            raise ValueError("cdpruner needs the model's token embeddings (text features); none were given")
+        text_embd = target.text_rows(prompt.instruction_tokens)  # (T, n_embd)
+    keeps = select_stage(stage, [img.encoded.embd for img in images], text_embd=text_embd)
+    for img, keep in zip(images, keeps, strict=True):
+        img.keep = None if len(keep) == img.piece.n_tokens else keep
+    stats.select_ms += (time.perf_counter() - t0) * 1e3
+    stats.kept = _decoded_indices(images)
+    stats.n_kept = len(stats.kept)
+
+
+def _decoded_indices(images: list[_Image]) -> list[int]:
+    """Indices, among all N image tokens, of the rows that enter the LLM, ascending."""
+    out = []
+    for img in images:
+        rows = np.arange(img.piece.n_tokens) if img.keep is None else img.keep
+        out.extend((img.offset + rows).tolist())
+    return out
+
+
+def _check_blocks(images: list[_Image], n_ubatch: int) -> None:
+    for img in images:
+        n = img.piece.n_tokens if img.keep is None else len(img.keep)
+        # a non-causal image block (Gemma 3) must fit one ubatch, else llama.cpp aborts
+        if img.piece.non_causal and n > n_ubatch:
+            raise ValueError(
+                f"{img.piece.name} decodes {n} tokens as one non-causal block but n_ubatch is {n_ubatch}; "
+                f"raise n_ubatch (-ub) to at least {n}"
+            )
+
+
+def _decode_pieces(target: Target, prompt: Prompt, images: list[_Image], n_past: int, logits_last: bool, stats):
+    by_piece = {id(img.piece): img for img in images}
     with TokenBatch(target.n_batch, target.seq_id) as batch:
         for i, piece in enumerate(prompt.pieces):
+            t0 = time.perf_counter()
             if isinstance(piece, TextPiece):
-                t0 = time.perf_counter()
                 last = i == len(prompt.pieces) - 1
                 n_past = batch.decode(target.ctx, piece.tokens, n_past, logits_last and last)
-                stats.shallow_ms += (time.perf_counter() - t0) * 1e3
-                continue
-            k = images.index(piece) + 1
-            with progress(f"image {k}/{len(images)}: encoding and decoding {piece.n_tokens} tokens"):
-                n_past = _decode_image(target, piece, n_past, stats)
+            else:
+                n_past = _decode_image(target, by_piece[id(piece)], n_past, stats)
+            stats.shallow_ms += (time.perf_counter() - t0) * 1e3
     return n_past
 
 
-def _decode_image(target: Target, piece: ImagePiece, n_past: int, stats: PrefillStats) -> int:
-    if piece.embd is not None:  # a pseudo image: its rows are given
-        encoded = Encoded(piece.embd, 0.0)
-    elif target.encoder is None:
-        raise ValueError("this model was loaded without an mmproj; it cannot read images (pass --mmproj)")
-    else:
-        encoded = target.encoder.encode(piece)
-    stats.encode_ms += encoded.encode_ms
-    keep = None  # every row: pre-LLM selection plugs in here
-    t0 = time.perf_counter()
+def _decode_image(target: Target, img: _Image, n_past: int, stats: PrefillStats) -> int:
+    piece, embd, keep = img.piece, img.encoded.embd, img.keep
     if keep is None and piece.chunk is not None:
-        _mtmd_decode(target, piece, encoded.embd, n_past)
+        _mtmd_decode(target, piece, embd, n_past)
     else:
-        rows = encoded.embd if keep is None else encoded.embd[keep]  # (n_decoded, n_embd_inp)
+        rows = embd if keep is None else embd[keep]  # (n_decoded, n_embd_inp)
         positions = piece.positions(n_past)
         positions = positions if keep is None else positions[:, keep]  # (n_pos_per_embd, n_decoded)
         decode_rows(
             target.ctx, rows, positions, non_causal=piece.non_causal, n_batch=target.n_batch, seq_id=target.seq_id
         )
-    stats.shallow_ms += (time.perf_counter() - t0) * 1e3
     n_decoded = piece.n_tokens if keep is None else len(keep)
-    stats.images.append(ImageStats(piece.name, piece.n_tokens, piece.grid, n_decoded, encoded.encode_ms))
-    return n_past + piece.n_pos
+    stats.images.append(ImageStats(piece.name, piece.n_tokens, piece.grid, n_decoded, img.encoded.encode_ms))
+    return n_past + piece.n_pos  # kept rows keep their positions: the text goes on after the whole image
 
 
 def _mtmd_decode(target: Target, piece: ImagePiece, embd: np.ndarray, n_past: int) -> None:
@@ -253,17 +278,18 @@ def _begin(target: Target, layer: int) -> None:
         raise
 
 
-def _finish(target: Target, prune: PruneConfig, budget: int, stats: PrefillStats) -> None:
+def _finish(target: Target, prune: PruneConfig, budget: int, images: list[_Image], stats: PrefillStats) -> None:
+    decoded = _decoded_indices(images)  # the prunable rows C recorded, in prompt order
     t0 = time.perf_counter()
     if prune.strategy == "random":
-        stats.kept = select_random(stats.n_image_tokens, budget, prune.seed).tolist()
+        keep = select_random(len(decoded), budget, prune.seed).tolist()
         stats.select_ms += (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        _native.finish_with_keep(target.ctx, stats.kept)
+        _native.finish_with_keep(target.ctx, keep)
     else:
         _native.finish(target.ctx, budget)  # the top `budget` of layer K-1's attention
     stats.deep_ms = (time.perf_counter() - t0) * 1e3
-    stats.kept = _native.get_kept(target.ctx)
+    stats.kept = [decoded[i] for i in _native.get_kept(target.ctx)]
     stats.n_kept = len(stats.kept)
     if prune.strategy == "fastv":
         stats.n_unranked = _warn_unranked(_native.get_scores(target.ctx), prune.layer)

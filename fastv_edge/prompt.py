@@ -91,9 +91,10 @@ Piece = TextPiece | ImagePiece
 class Prompt:
     """A tokenized prompt. Owns its mtmd chunks; close() frees them (or use `with`)."""
 
-    def __init__(self, pieces: list[Piece], chunks=None):
+    def __init__(self, pieces: list[Piece], chunks=None, instruction: list[int] | None = None):
         self.pieces = pieces
         self._chunks = chunks
+        self.instruction = instruction  # the user's own words as tokens (CDPruner's relevance), if known
 
     @property
     def n_tokens(self) -> int:
@@ -113,6 +114,19 @@ class Prompt:
     def text_tokens(self) -> list[int]:
         """All text tokens in order (images left out)."""
         return [t for p in self.pieces if isinstance(p, TextPiece) for t in p.tokens]
+
+    @property
+    def instruction_tokens(self) -> list[int]:
+        """The tokens CDPruner ranks image tokens against: the user's instruction when the caller
+        gave it, else the text after the last image (the question, plus any template tail)."""
+        if self.instruction:
+            return self.instruction
+        tail: list[int] = []
+        for piece in reversed(self.pieces):
+            if isinstance(piece, ImagePiece):
+                break
+            tail = piece.tokens + tail
+        return tail or self.text_tokens
 
     def close(self) -> None:
         """Free the mtmd chunks."""
@@ -234,16 +248,15 @@ def pseudo_image(model, n_tokens: int, seed: int, *, name: str = "pseudo-image")
     Returns:
         An ImagePiece with `embd` set.
     """
-    from .text_rows import token_rows
+    from .text_features import TokenEmbeddings
 
     if n_tokens < 1:
         raise ValueError(f"a pseudo image needs at least 1 row, got {n_tokens}")
     arch = model.info.architecture
     rng = np.random.default_rng([seed, 12])
     ids = rng.integers(0, model.llm.n_vocab(), n_tokens)
-    rows = token_rows(model.info.path, ids)  # (N, n_embd)
-    if arch.startswith("gemma"):
-        rows *= np.sqrt(model.info.n_embd)
+    with TokenEmbeddings(model.info.path) as table:
+        rows = table.rows(ids, scaled=True)  # (N, n_embd), x sqrt(n_embd) where the model scales token input
     n_embd_inp = llama_cpp.llama_model_n_embd_inp(model.llm.model)
     if n_embd_inp != rows.shape[1]:  # deepstack inputs (qwen3vl): the extra slices are zeros
         rows = np.pad(rows, ((0, 0), (0, n_embd_inp - rows.shape[1])))

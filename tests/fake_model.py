@@ -1,5 +1,6 @@
 """A fake backend for the CLI, in the spirit of simonw/llm's MockModel: canned answers, the
-same statistics fields as fastv_edge.generate.GenerationResponse, and a record of every call,
+real GenerationResponse / PrefillStats objects (fastv_edge.response needs no llama.cpp), and a
+record of every call,
 so parsing, output, exit codes and the chat loop are tested in-process without llama.cpp.
 
 Only pure-Python logic is tested with it; everything native runs real GGUFs elsewhere.
@@ -11,27 +12,7 @@ from dataclasses import dataclass, field
 
 from fastv_edge.config import PruneConfig, RuntimeConfig
 from fastv_edge.flops import flops_ratio
-
-
-@dataclass
-class FakeResponse:
-    """Field for field what GenerationResponse carries (test_cli_inprocess checks the names)."""
-
-    text: str
-    token: int
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    n_image_tokens: int = 0
-    n_kept: int = 0
-    n_unranked: int = 0
-    encode_ms: float = 0.0
-    prefill_ms: float = 0.0
-    shallow_ms: float = 0.0
-    deep_ms: float = 0.0
-    ttft_ms: float = 0.0
-    decode_tps: float = 0.0
-    flops_ratio: float = 1.0
-    finish_reason: str | None = None
+from fastv_edge.response import GenerationResponse, PrefillStats
 
 
 @dataclass
@@ -99,23 +80,24 @@ class FakeBackend:
         if prune.enabled and n:
             n_kept = prune.keep if prune.keep is not None else int(n * (1 - prune.drop_ratio))
         ratio = flops_ratio(prompt_tokens + n, n, n_kept, n_layer=4, layer=prune.layer, n_embd=64, n_ff=128)
-        stats = dict(
-            prompt_tokens=prompt_tokens + n,
+        stats = PrefillStats(
+            strategy=prune.describe(),
+            n_prompt_tokens=prompt_tokens + n,
             n_image_tokens=n,
+            n_cells=prompt_tokens + n,
             n_kept=n_kept,
+            layer=prune.layer if prune.enabled else 0,
             encode_ms=3.0 * n_images,
-            prefill_ms=10.0,
             shallow_ms=4.0,
             deep_ms=6.0 if prune.enabled else 0.0,
-            ttft_ms=15.0,
-            decode_tps=50.0,
-            flops_ratio=ratio if prune.enabled else 1.0,
+            pruned=prune.enabled and n > 0,
         )
+        step = dict(stats=stats, ttft_ms=15.0, decode_tps=50.0, flops_ratio=ratio if prune.enabled else 1.0)
         pieces = self.pieces[:max_tokens]
         for i, text in enumerate(pieces):
             last = i == len(pieces) - 1
             reason = ("length" if len(pieces) == max_tokens else "stop") if last else None
-            yield FakeResponse(text=text, token=100 + i, generation_tokens=i + 1, finish_reason=reason, **stats)
+            yield GenerationResponse(text=text, token=100 + i, generation_tokens=i + 1, finish_reason=reason, **step)
 
     def chat_session(self, model, **kwargs):
         self.calls.append(("chat_session", kwargs))

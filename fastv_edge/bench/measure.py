@@ -72,10 +72,9 @@ class ModelRun:
 
 def is_synthetic(path: str, name: str) -> bool:
     """True for generated weights: make_shapes' key, or make_tiny's 'tiny-*' names."""
-    import gguf
+    from ..gguf_header import read_header
 
-    field_ = gguf.GGUFReader(path).fields.get(SYNTHETIC_KEY)
-    return bool(field_ is not None and field_.contents()) or name.startswith("tiny")
+    return bool(read_header(path).get(SYNTHETIC_KEY)) or name.startswith("tiny")
 
 
 class Runner:
