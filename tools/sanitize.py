@@ -30,7 +30,8 @@ from tools import native_variants as nv
 
 SANITIZE = "-fsanitize=address,undefined"
 COMPILE_FLAGS = f"{SANITIZE} -fno-omit-frame-pointer"
-OPT_FLAGS = "-O1 -g"  # no -DNDEBUG: llama.cpp's and the patch's assert()s stay on
+# -g1: line tables, enough for file:line in reports (-g doubles the compile time); no -DNDEBUG: assert()s stay on
+OPT_FLAGS = "-O1 -g1"
 # The native exactness, misuse and chat tests, a slice of the qwen2vl/gemma3 exactness tests
 # (patches 0004 and 0005), and the check that the sanitized copy is the one loaded.
 TESTS = (
