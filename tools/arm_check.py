@@ -38,7 +38,7 @@ SYSROOT = "/usr/aarch64-linux-gnu"
 APT_PACKAGES = ["gcc-aarch64-linux-gnu", "g++-aarch64-linux-gnu", "qemu-user"]
 CROSS = ["aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++"]
 TOOLCHAIN = nv.TOOLS_DIR / "aarch64-linux-gnu.cmake"
-DRIVER_DIR = nb.REPO_ROOT / "tests" / "native"
+DRIVER_DIR = nv.REPO_ROOT / "tests" / "native"
 DRIVER_SRC = DRIVER_DIR / "fastv_driver.c"
 HOST_CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"]
 
@@ -170,7 +170,7 @@ def qemu_prefix() -> list[str]:
 def run_key() -> tuple[str, str]:
     """(key of the qemu outputs, qemu's version): the aarch64 build, the input writers, this recipe."""
     qemu = nv.compiler_id("qemu-aarch64")
-    inputs = [*(nb.REPO_ROOT / "fastv_edge" / "testing").glob("*.py"), Path(__file__)]
+    inputs = [*(nv.REPO_ROOT / "fastv_edge" / "testing").glob("*.py"), Path(__file__)]
     return nv.files_key(inputs, {"arm": arm_key()[0], "qemu": qemu, "cpu": QEMU_CPU}), qemu
 
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     # the ARM comparisons; the x86 driver against the float64 reference runs with the whole suite
     tests = ["tests/test_arm_check.py", "-k", "not x86_driver", "-rA"]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
-    return subprocess.run(cmd, cwd=nb.REPO_ROOT, env=env).returncode
+    return subprocess.run(cmd, cwd=nv.REPO_ROOT, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def check(patches: dict[str, str], sources: dict[str, str]) -> list[OpUse]:
     return uses
 
 
-def read_patches(patch_dir: Path = nb.PATCH_DIR) -> dict[str, str]:
+def read_patches(patch_dir: Path | None = None) -> dict[str, str]:
     return {p.name: p.read_text() for p in nb.patch_files(patch_dir)}
 
 

@@ -24,7 +24,7 @@ from fastv_edge import native_build as nb
 # Bump when the way these variants are built changes in a way the hashed files cannot show.
 VARIANT_RECIPE_VERSION = 1
 N_KEPT = 3  # cached builds kept per kind
-REPO_ROOT = nb.REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]  # tools/ runs from a clone
 TOOLS_DIR = Path(__file__).resolve().parent
 NativeBuildError = nb.NativeBuildError
 log = nb.log

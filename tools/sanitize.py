@@ -88,7 +88,7 @@ def _defines(x86_flags: list[str] | None) -> dict:
 def lib_key() -> tuple[str, dict]:
     """Cache key of the sanitized library: patches, sdist, CMake recipe, compilers and flags."""
     defines = _defines(nb.build_x86_flags())
-    recipe = [nb.CMAKELISTS, nv.TOOLS_DIR / "native_variants.py"]
+    recipe = [nv.REPO_ROOT / "CMakeLists.txt", nv.TOOLS_DIR / "native_variants.py"]
     return nv.variant_key("sanitize", recipe, list(_compilers()), {"defines": defines})
 
 
@@ -139,7 +139,7 @@ def build() -> Path:
                 "SKBUILD_PLATLIB_DIR": prefix,  # llama-cpp-python installs into <this>/llama_cpp/lib
             }
             nv.log(f"building the sanitized llama.cpp (key {key}); logs in {work}")
-            nv.cmake_build(nb.REPO_ROOT, work / "cmake-build", defines, nv.build_env(work), work, install=True)
+            nv.cmake_build(nv.REPO_ROOT, work / "cmake-build", defines, nv.build_env(work), work, install=True)
             shutil.copytree(prefix / "llama_cpp" / "lib", out / "lib", symlinks=True)
         nv.log(f"sanitized llama.cpp built in {time.monotonic() - t0:.0f}s")
         return nv.cached("sanitize", key) / "lib"
@@ -185,8 +185,8 @@ def read_reports(report_dir: Path) -> list[str]:
 
 
 def _run_key(lib: str, pytest_args: list[str]) -> str:
-    files = [*(nb.REPO_ROOT / "fastv_edge").rglob("*.py"), *(nb.REPO_ROOT / "tests").rglob("*.py"), Path(__file__)]
-    files += [nv.TOOLS_DIR / "arm_check.py", nb.REPO_ROOT / "tests" / "native" / "fastv_driver.c"]  # the C driver run
+    files = [*(nv.REPO_ROOT / "fastv_edge").rglob("*.py"), *(nv.REPO_ROOT / "tests").rglob("*.py"), Path(__file__)]
+    files += [nv.TOOLS_DIR / "arm_check.py", nv.REPO_ROOT / "tests" / "native" / "fastv_driver.c"]  # the C driver run
     extra = {"lib": lib, "tests": TESTS, "deselect": DESELECT, "args": pytest_args, "python": sys.version}
     return nv.files_key(files, extra)
 
@@ -208,7 +208,7 @@ def run(pytest_args: list[str], rerun: bool = False) -> int:
         t0 = time.monotonic()
         env = sanitizer_env(lib_dir, report_dir, {**os.environ, "FASTV_EDGE_REQUIRE_NATIVE": "1"})
         try:
-            proc = subprocess.run(cmd, cwd=nb.REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+            proc = subprocess.run(cmd, cwd=nv.REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
         except subprocess.TimeoutExpired as e:
             raise nv.NativeBuildError(f"the sanitized tests did not finish in {TIMEOUT}s (killed)") from e
         try:
