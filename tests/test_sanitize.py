@@ -64,7 +64,7 @@ CANARY = textwrap.dedent(
 
     tiny = make_tiny({tmp!r})
     with LlamaDriver(tiny.llama_path) as drv:
-        assert _native.llama_fastv_begin(drv.ctx, 0, 2, 0.5) == 0
+        assert _native.llama_fastv_begin(drv.ctx, 0, 2) == 0
         drv.decode_tokens(drv.tokenize("Look: "), logits_last=False)
         drv.decode_embd(np.full((16, drv.n_embd), 0.1, dtype=np.float32))
         drv.decode_tokens(drv.tokenize(" what?"))
@@ -87,4 +87,4 @@ def test_asan_reports_an_overflow_through_the_fastv_api(lib_dir, tmp_path):
     assert proc.returncode != 0 and "not caught" not in proc.stdout, proc.stderr[-2000:]
     assert len(found) == 1, proc.stderr[-2000:]
     assert "heap-buffer-overflow" in found[0] and "WRITE of size 4" in found[0]
-    assert "fastv_get_scores" in found[0] and "llama-context.cpp:" in found[0]  # symbolized to file:line
+    assert "fastv_get_scores" in found[0] and "llama-fastv.cpp:" in found[0]  # symbolized to file:line
