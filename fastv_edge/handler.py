@@ -29,7 +29,7 @@ from .config import PruneConfig
 from .encoder import ImageEncoder
 from .generate import chat_text
 from .images import load_image
-from .model import check_supported, open_mtmd, read_mmproj_info
+from .model import check_mmproj_pair, check_supported, open_mtmd, read_mmproj_info
 from .prefill import PrefillStats, Target, check_fits, prefill
 from .prompt import ImagePiece, Prompt, tokenize
 from .templates import resolve_template
@@ -79,7 +79,7 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         verbose: bool = True,
         use_gpu: bool = True,
     ):
-        read_mmproj_info(clip_model_path)  # ModelLoadError now, not a NULL from mtmd later
+        self._mmproj = read_mmproj_info(clip_model_path)  # ModelLoadError now, not a crash in mtmd later
         super().__init__(clip_model_path, verbose=verbose, use_gpu=use_gpu)
         self.prune = prune or PruneConfig()
         self.template = template
@@ -92,6 +92,9 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         # stderr; ours keeps this handler's verbose and routes mtmd's log like llama.cpp's
         if self.mtmd_ctx is not None:
             return
+        arch = llama_model.metadata.get("general.architecture", "?")
+        n_embd = llama_cpp.llama_model_n_embd(llama_model.model)
+        check_mmproj_pair(arch, n_embd, llama_model.model_path, self._mmproj)  # a projector of another family
         self.mtmd_ctx = open_mtmd(
             llama_model.model,
             self.clip_model_path,

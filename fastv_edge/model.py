@@ -2,8 +2,10 @@
 
 Everything fastv_edge decides on is checked in Python before llama.cpp sees the files:
 existence, the GGUF magic, the text model's architecture and sizes, an mmproj that really is
-a CLIP projector (read whole, tensor table bounds-checked) whose output size equals the text
-model's n_embd, and (for pruning strategies) an architecture the FastV patch supports.
+a CLIP projector (read whole, tensor table bounds-checked) with every tensor and key its
+projector type needs (mmproj_check: a missing one crashes mtmd's loader), made for the text
+model's family and projecting to its n_embd, and (for pruning strategies) an architecture
+the FastV patch supports.
 The text model's header is read only up to those keys, which precede its vocabulary:
 llama.cpp then parses the whole header once, with its own bounds checks, and the rest of
 ModelInfo comes from its metadata. When llama.cpp refuses a file, read_model_info (the full
@@ -29,18 +31,12 @@ from .config import PruneConfig, RuntimeConfig
 from .errors import ModelLoadError, UnsupportedModelError
 from .gguf_header import FILE_TYPES, GGUFFormatError, GGUFHeader, read_header
 from .gguf_header import MAGIC as GGUF_MAGIC
+from .mmproj_check import check_mmproj, check_projector_pairing
+from .mmproj_keys import ARRAY_KEYS, check_key_types
 
 # Architectures whose layer loop the FastV patch hooks (llama_context::fastv_arch_supported,
 # see patches/); llama_fastv_begin returns -2 for the others.
 FASTV_ARCHITECTURES = ("llama", "qwen2vl", "gemma3")  # the graphs patches/ hooks
-
-# mmproj output size: (tensor name, axis of the shape that is n_embd), first match wins.
-# Mirrors clip_n_mmproj_embd() for the projectors of the presets.
-_MMPROJ_OUT = (
-    ("mm.2.weight", 1),  # llava 'mlp' and qwen2vl_merger (mm.0 -> GELU -> mm.2)
-    ("mm.model.fc.weight", 1),  # idefics3 (SmolVLM)
-    ("mm.input_projection.weight", 0),  # gemma3
-)
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ class MmprojInfo:
 
     path: str
     projector_type: str
-    n_embd_out: int | None  # None: projector type not in the table, mtmd checks it
+    n_embd_out: int | None  # None: projector type not in mmproj_check's table, mtmd checks it
     image_size: int | None
     has_vision: bool
 
@@ -140,8 +136,12 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     return _model_info(path, _open_gguf(path, "model", arrays=_wants_array).values)
 
 
+def _wants_clip_array(key: str) -> bool:
+    return key in ARRAY_KEYS  # the clip.vision arrays mtmd reads (feature layers, mean, std, ...)
+
+
 def read_mmproj_info(path: str | os.PathLike) -> MmprojInfo:
-    """Read and check an mmproj GGUF.
+    """Read and check an mmproj GGUF: its keys and tensors against what mtmd's loader and graph use.
 
     Args:
         path: the mmproj GGUF.
@@ -150,27 +150,37 @@ def read_mmproj_info(path: str | os.PathLike) -> MmprojInfo:
         Its MmprojInfo.
 
     Raises:
-        ModelLoadError: missing, not GGUF, corrupt, not a CLIP projector or without vision.
+        ModelLoadError: missing, not GGUF, corrupt, not a CLIP projector, without vision, or
+            lacking a tensor or key its projector type needs (mmproj_check), naming it.
     """
-    header = _open_gguf(path, "mmproj")
+    header = _open_gguf(path, "mmproj", arrays=_wants_clip_array)
     arch = header.get("general.architecture")
     if arch != "clip":
         raise ModelLoadError(f"{path} is not an mmproj file (general.architecture={arch!r}, expected 'clip')")
-    if not header.get("clip.has_vision_encoder", False):
-        raise ModelLoadError(f"mmproj has no vision encoder (clip.has_vision_encoder is false): {path}")
-    shapes = {t.name: t.shape for t in header.tensors}  # GGUF order: ne0, ne1, ...
-    n_out = next((shapes[n][axis] for n, axis in _MMPROJ_OUT if n in shapes), None)
-    proj = header.get("clip.vision.projector_type") or header.get("clip.projector_type") or "unknown"
-    size = header.get("clip.vision.image_size")
-    return MmprojInfo(str(path), str(proj), n_out, int(size) if size else None, True)
+    check_key_types(header)  # before reading any: mtmd aborts on a key of another type
+    if header.get("clip.has_vision_encoder") is not True:
+        raise ModelLoadError(f"mmproj has no vision encoder (clip.has_vision_encoder is not true): {path}")
+    facts = check_mmproj(header)
+    return MmprojInfo(str(path), facts.projector, facts.n_embd_out, facts.image_size, True)
 
 
 def check_pair(info: ModelInfo, mmproj: MmprojInfo) -> None:
-    """Raise ModelLoadError when the projector's output size is not the model's n_embd."""
-    if mmproj.n_embd_out is not None and mmproj.n_embd_out != info.n_embd:
+    """Raise ModelLoadError when the projector is made for another family of text model, or
+    its output size is not the model's n_embd."""
+    check_mmproj_pair(info.architecture, info.n_embd, info.path, mmproj)
+
+
+def check_mmproj_pair(architecture: str, n_embd: int, model_path: str, mmproj: MmprojInfo) -> None:
+    """check_pair from a text model's architecture, n_embd and path (the chat handler's Llama).
+
+    Raises:
+        ModelLoadError: naming both files.
+    """
+    check_projector_pairing(mmproj.projector_type, architecture, Path(mmproj.path).name, Path(model_path).name)
+    if mmproj.n_embd_out is not None and mmproj.n_embd_out != n_embd:
         raise ModelLoadError(
             f"mmproj {Path(mmproj.path).name} projects to n_embd={mmproj.n_embd_out} but model "
-            f"{Path(info.path).name} has n_embd={info.n_embd}; use the mmproj made for this model"
+            f"{Path(model_path).name} has n_embd={n_embd}; use the mmproj made for this model"
         )
 
 
