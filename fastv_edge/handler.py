@@ -25,7 +25,7 @@ import numpy as np
 from llama_cpp import llama_chat_format as lcf
 from llama_cpp import llama_grammar
 
-from .config import PruneConfig
+from .config import PruneConfig, max_threads
 from .encoder import ImageEncoder
 from .generate import chat_text
 from .images import load_image
@@ -95,6 +95,8 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         arch = llama_model.metadata.get("general.architecture", "?")
         n_embd = llama_cpp.llama_model_n_embd(llama_model.model)
         check_mmproj_pair(arch, n_embd, llama_model.model_path, self._mmproj)  # a projector of another family
+        if llama_model.n_threads > max_threads():  # the encoder gets the Llama's threads
+            raise ValueError(f"the Llama has n_threads={llama_model.n_threads}; use at most {max_threads()}")
         self.mtmd_ctx = open_mtmd(
             llama_model.model,
             self.clip_model_path,

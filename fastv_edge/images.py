@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import operator
 import os
 import urllib.parse
 import urllib.request
@@ -22,16 +23,47 @@ from PIL import Image, UnidentifiedImageError
 # ~1 GB of RGB a decompression bomb would allocate.
 MAX_PIXELS = 40_000_000
 MAX_BYTES = 200 * 1024 * 1024
+MAX_SIDE = 1 << 16  # mtmd's resize arithmetic stays far from int overflow below this
 
 
 @dataclass(frozen=True)
 class RGBImage:
-    """A decoded image: width nx, height ny, and nx*ny*3 bytes of RGB (row-major)."""
+    """A decoded image: width nx, height ny, and nx*ny*3 bytes of RGB (row-major).
+
+    Checked on construction, since mtmd copies nx*ny*3 bytes from `data` without knowing its
+    length: sizes are integers in [1, MAX_SIDE], `data` is bytes-like of exactly that length
+    (a bytearray or memoryview is copied into bytes), `name` a string.
+
+    Raises:
+        ValueError: any of these does not hold.
+    """
 
     nx: int
     ny: int
     data: bytes
     name: str = "<image>"
+
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise ValueError(f"RGBImage name must be a string, got {type(self.name).__name__}")
+        for axis in ("nx", "ny"):
+            n = getattr(self, axis)
+            try:
+                size = None if isinstance(n, bool) else operator.index(n)  # int, numpy integers
+            except TypeError:
+                size = None
+            if size is None or not 1 <= size <= MAX_SIDE:
+                raise ValueError(f"{self.name}: RGBImage {axis} must be an integer in [1, {MAX_SIDE}], got {n!r}")
+            object.__setattr__(self, axis, size)
+        if isinstance(self.data, (bytearray, memoryview)):
+            object.__setattr__(self, "data", bytes(self.data))
+        if not isinstance(self.data, bytes):
+            raise ValueError(f"{self.name}: RGBImage data must be bytes, got {type(self.data).__name__}")
+        if len(self.data) != self.nx * self.ny * 3:
+            raise ValueError(
+                f"{self.name}: RGBImage data has {len(self.data)} bytes, but {self.nx}x{self.ny} RGB needs "
+                f"{self.nx * self.ny * 3} (nx * ny * 3)"
+            )
 
 
 def read_source(source: str | os.PathLike | bytes) -> tuple[bytes, str]:

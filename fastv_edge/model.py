@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -225,17 +226,48 @@ class Model:
     ):
         from .encoder import ImageEncoder
 
-        self.llm = llm  # llama_cpp.Llama: tokenizer, context, sampler pieces
-        self.mtmd_ctx = mtmd_ctx  # mtmd_context_p or None (text only)
+        self._llm = llm  # llama_cpp.Llama: tokenizer, context, sampler pieces
+        self._mtmd_ctx = mtmd_ctx  # mtmd_context_p or None (text only)
+        self._closed = False
         self.info = info
         self.mmproj = mmproj
         self.runtime = runtime
         self.prune = prune
         self.template = template
         self.template_origin = template_origin
-        self.encoder = ImageEncoder(mtmd_ctx, llm.model) if mtmd_ctx is not None else None
+        self._encoder = ImageEncoder(mtmd_ctx, llm.model) if mtmd_ctx is not None else None
         self._token_embeddings = None  # opened on the first CDPruner request
         self._stack = stack
+
+    def _open(self):
+        if self._closed:  # its native handles are freed: using them would crash
+            raise ValueError(
+                f"this Model ({Path(self.info.path).name}) was closed (close() or the end of its with-block); "
+                "load() it again"
+            )
+
+    @property
+    def llm(self):
+        """The llama_cpp.Llama: tokenizer, context, sampler pieces."""
+        self._open()
+        return self._llm
+
+    @property
+    def mtmd_ctx(self):
+        """The mtmd_context_p, or None for a text-only model."""
+        self._open()
+        return self._mtmd_ctx
+
+    @property
+    def encoder(self):
+        """The ImageEncoder of the mmproj, or None for a text-only model."""
+        self._open()
+        return self._encoder
+
+    @property
+    def closed(self) -> bool:
+        """True after close(): every native-backed attribute then raises ValueError."""
+        return self._closed
 
     @property
     def ctx(self):
@@ -255,6 +287,7 @@ class Model:
 
     def text_rows(self, ids) -> np.ndarray:  # noqa: F821 (numpy is imported lazily)
         """The model's input embeddings of token ids, (len(ids), n_embd) (CDPruner's text features)."""
+        self._open()
         if self._token_embeddings is None:
             from .text_features import TokenEmbeddings
 
@@ -275,7 +308,8 @@ class Model:
         return mtmd.mtmd_default_marker().decode("utf-8")
 
     def close(self) -> None:
-        """Free the mtmd context, then the llama context and model."""
+        """Free the mtmd context, then the llama context and model (a second call does nothing)."""
+        self._closed = True
         self._stack.close()
 
     def __enter__(self):
@@ -400,6 +434,7 @@ def load(
     except BaseException:
         stack.close()
         raise
+    _warn_past_training(info, runtime.n_ctx)
     if override is not None:
         tpl, origin = override, "override"
     else:
@@ -408,6 +443,16 @@ def load(
         except ValueError:
             tpl, origin = None, "none"  # raw prompts still work; applying a template raises then
     return Model(llm, mtmd_ctx, info, mm_info, runtime, prune, tpl, origin, stack)
+
+
+def _warn_past_training(info: ModelInfo, n_ctx: int) -> None:
+    if 0 < info.n_ctx_train < n_ctx:  # llama.cpp only logs this, which nobody sees without --verbose
+        warnings.warn(
+            f"n_ctx {n_ctx} is more than the {info.n_ctx_train} tokens {Path(info.path).name} was trained on; "
+            "answers degrade past that length",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _load_llama(stack: ExitStack, model_path: str, runtime: RuntimeConfig):
@@ -429,6 +474,11 @@ def _load_llama(stack: ExitStack, model_path: str, runtime: RuntimeConfig):
         )
     except ValueError as e:
         read_model_info(model_path)  # a truncated or damaged file: the reader names what is wrong
+        if "llama_context" in str(e):  # the model loaded; the context (its KV cache, its buffers) did not
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {runtime.n_ctx} tokens for {model_path} ({e}): "
+                "its KV cache may not fit in memory; lower n_ctx (-c), n_batch (-b) or n_ubatch (-ub)"
+            ) from e
         raise ModelLoadError(f"llama.cpp could not load {model_path}: {e} (--verbose shows its log)") from e
     stack.callback(llm.close)
     return llm
