@@ -24,7 +24,7 @@ from .generate import (
     stream_generate,
     token_piece,
 )
-from .images import RGBImage, load_image
+from .images import load_images
 from .model import Model
 from .prefill import Progress, no_progress
 from .templates import user_message
@@ -111,7 +111,7 @@ class ChatSession:
         Raises:
             ContextOverflowError: the turn does not fit; nothing was decoded, history unchanged.
         """
-        decoded = [img if isinstance(img, RGBImage) else load_image(img) for img in images]
+        decoded = load_images(images)  # one pixel budget for the turn
         message = user_message(text, [img.name for img in decoded])
         rendered = render_chat(self.model, [*self.messages, message], add_generation_prompt=True)
         check_cache(self.model, self._cache)  # before _suffix touches the context

@@ -25,7 +25,7 @@ from llama_cpp._internals import LlamaSampler
 from .config import PruneConfig, SamplingConfig
 from .decode import TokenBatch
 from .flops import flops_ratio
-from .images import RGBImage, load_image
+from .images import RGBImage, load_images
 from .model import Model
 from .prefill import Progress, check_fits, no_progress, prefill
 from .prompt import Prompt, tokenize
@@ -314,7 +314,7 @@ def stream_generate(
     prune = prune or model.prune
     prune.check_layer(model.info.n_layer)
     sampling = sampling or SamplingConfig()
-    decoded = [img if isinstance(img, RGBImage) else load_image(img) for img in images]
+    decoded = load_images(images)  # one pixel budget for the request
     text = build_prompt(model, prompt, len(decoded), apply_template=apply_template, system=system)
     t_start = time.perf_counter()
     cache = cache if cache is not None else PromptCache()

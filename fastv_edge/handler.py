@@ -28,7 +28,7 @@ from llama_cpp import llama_grammar
 from .config import PruneConfig, max_threads
 from .encoder import ImageEncoder
 from .generate import chat_text
-from .images import load_image
+from .images import load_images
 from .model import check_mmproj_pair, check_supported, open_mtmd, read_mmproj_info
 from .prefill import PrefillStats, Target, check_fits, prefill
 from .prompt import ImagePiece, Prompt, tokenize
@@ -115,7 +115,7 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         llama_model._stack.callback(free)
 
     def load_image(self, image_url: str) -> bytes:
-        """Accepts file:// URLs, data: URIs, local paths and http(s) URLs."""
+        """Accepts file:// URLs, data: URIs, local paths and http(s) URLs (bounded in time and size)."""
         from .images import read_source
 
         return read_source(image_url)[0]
@@ -192,7 +192,7 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         """
         self._init_mtmd_context(llama)
         self._check_model(llama)
-        images = [load_image(self.load_image(url)) for url in self.get_image_urls(messages)]
+        images = load_images(self.get_image_urls(messages))  # named by URL or path, in one pixel budget
         text = self._render(
             llama, messages, functions=functions, function_call=function_call, tools=tools, tool_choice=tool_choice
         )
