@@ -52,9 +52,14 @@ def format_stats(r, prune: PruneConfig) -> str:
 
 def warn(message: str) -> None:
     """One 'fastv-edge: warning: ...' line on stderr."""
-    print(f"fastv-edge: warning: {message}", file=sys.stderr, flush=True)
+    print(f"fastv-edge: warning: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def error(message: str) -> None:
     """One 'fastv-edge: error: ...' line on stderr."""
-    print(f"fastv-edge: error: {message}", file=sys.stderr, flush=True)
+    print(f"fastv-edge: error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def one_line(message: str) -> str:
+    """message with its line breaks turned into spaces (llama.cpp's and Jinja's messages carry some)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())

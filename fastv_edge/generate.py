@@ -30,7 +30,7 @@ from .model import Model
 from .prefill import Progress, check_fits, no_progress, prefill
 from .prompt import Prompt, tokenize
 from .response import GenerationResponse, PrefillStats
-from .templates import render, user_message
+from .templates import render, template_label, user_message
 
 ImageInput = str | os.PathLike | bytes | RGBImage
 
@@ -238,10 +238,19 @@ def render_chat(model: Model, messages: list[dict], add_generation_prompt: bool 
             f"{Path(model.info.path).name} has no chat template in its metadata and matches no preset; "
             "pass one (--chat-template NAME|FILE.jinja, template= in load()) or use a raw prompt"
         )
-    return chat_text(model.llm, model.template, messages, add_generation_prompt=add_generation_prompt)
+    name = template_label(model.template_origin, model.info.path)
+    return chat_text(model.llm, model.template, messages, add_generation_prompt=add_generation_prompt, name=name)
 
 
-def chat_text(llm, template: str, messages: list[dict], *, add_generation_prompt: bool = True, **template_vars) -> str:
+def chat_text(
+    llm,
+    template: str,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = True,
+    name: str = "the chat template",
+    **template_vars,
+) -> str:
     """Render messages with `template` for the llama_cpp.Llama `llm` (its BOS/EOS texts, mtmd's marker).
 
     Args:
@@ -249,6 +258,7 @@ def chat_text(llm, template: str, messages: list[dict], *, add_generation_prompt
         template: Jinja source.
         messages: OpenAI-style messages.
         add_generation_prompt: end with the assistant header.
+        name: what errors call the template (templates.template_label).
         **template_vars: further template variables (tools, functions, ...).
 
     Returns:
@@ -270,6 +280,7 @@ def chat_text(llm, template: str, messages: list[dict], *, add_generation_prompt
         eos_token=eos,
         add_generation_prompt=add_generation_prompt,
         strip_bos=strip,
+        name=name,
         **template_vars,
     )
 

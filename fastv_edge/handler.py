@@ -32,7 +32,7 @@ from .images import load_images
 from .model import check_mmproj_pair, check_supported, open_mtmd, read_mmproj_info
 from .prefill import PrefillStats, Target, check_fits, prefill
 from .prompt import ImagePiece, Prompt, tokenize
-from .templates import resolve_template
+from .templates import resolve_template, template_label
 
 # create_completion arguments the handler passes through unchanged
 _COMPLETION_KEYS = (
@@ -121,8 +121,14 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         return read_source(image_url)[0]
 
     def _get_chat_template(self, llama_model) -> str:
+        return self._chat_template(llama_model)[0]
+
+    def _chat_template(self, llama_model) -> tuple[str, str]:
+        """(source, name for errors) of the template this handler renders with."""
         template = llama_model.metadata.get("tokenizer.chat_template") or None
-        return resolve_template(template, llama_model.model_path, self.template)[0]
+        source, origin = resolve_template(template, llama_model.model_path, self.template)
+        origin = f"override:{self.template}" if origin == "override" else origin
+        return source, template_label(origin, llama_model.model_path)
 
     def _check_model(self, llama) -> None:
         if llama._logits_all:
@@ -133,7 +139,8 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         check_supported(arch, llama_cpp.llama_model_n_layer(llama.model), self.prune)
 
     def _render(self, llama, messages, **template_vars) -> str:
-        text = chat_text(llama, self._get_chat_template(llama), messages, **template_vars)
+        source, name = self._chat_template(llama)
+        text = chat_text(llama, source, messages, name=name, **template_vars)
         if self.verbose:
             print(text, file=sys.stderr)
         return text

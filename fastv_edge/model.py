@@ -413,9 +413,11 @@ def load(
     if mm_info is not None:
         check_pair(checked, mm_info)
     check_supported(checked.architecture, checked.n_layer, prune)
-    from .templates import load_template, resolve_template
+    from .templates import check_template, load_template, resolve_template, template_label
 
     override = load_template(template) if template else None  # a bad name fails before the load
+    if override is not None:  # and a given template that does not parse
+        check_template(override, template_label(f"override:{template}", model_path))
     stack = ExitStack()
     try:
         llm = _load_llama(stack, model_path, runtime)
@@ -436,7 +438,7 @@ def load(
         raise
     _warn_past_training(info, runtime.n_ctx)
     if override is not None:
-        tpl, origin = override, "override"
+        tpl, origin = override, f"override:{template}"
     else:
         try:
             tpl, origin = resolve_template(info.chat_template, model_path)
