@@ -41,7 +41,9 @@ class PromptCache:
 
     make_prompt_cache(model) gives an empty one; each stream_generate(..., cache=c) appends its
     prompt and answer. A model's context holds one conversation at a time: a request with
-    another cache (or none) takes the context over, and continuing this one then raises.
+    another cache (or none) takes the context over, and continuing this one then raises
+    (ChatSession handles that by prefilling its conversation again), as does resuming an
+    answer's stream after another request ran in between.
     """
 
     n_past: int = 0  # next position
@@ -58,9 +60,14 @@ def make_prompt_cache(model: Model) -> PromptCache:
     return PromptCache()
 
 
+def owns_context(model: Model, cache: PromptCache) -> bool:
+    """True when `cache` is the conversation in the model's context (the last request's)."""
+    return getattr(model, "_cache_owner", None) is cache
+
+
 def check_cache(model: Model, cache: PromptCache) -> None:
     """Raise ValueError when `cache` holds a conversation whose cells another request replaced."""
-    if not cache.empty and getattr(model, "_cache_owner", None) is not cache:
+    if not cache.empty and not owns_context(model, cache):
         raise ValueError(
             "this conversation's KV cache was replaced by another request on the same model; "
             "start it over (ChatSession.reset()) or give each conversation its own model"
@@ -131,6 +138,11 @@ def generate_step(model: Model, cache: PromptCache, sampler: LlamaSampler, batch
         yield token
         if cache.n_used >= model.n_ctx:
             return
+        if not owns_context(model, cache):  # while the caller held the token: its cells are another's now
+            raise ValueError(
+                "another request on the same model ran while this answer was streaming and took its context; "
+                "finish one stream before starting the next (a ChatSession then prefills its conversation again)"
+            )
         cache.n_past = batch.decode(model.ctx, [token], cache.n_past, logits_last=True)
         cache.n_used += 1
         cache.decoded.append(token)
