@@ -27,6 +27,7 @@ from .generate import (
     GenerationResponse,
     ImageInput,
     PromptCache,
+    check_text,
     owns_context,
     render_chat,
     stream_generate,
@@ -123,6 +124,7 @@ class ChatSession:
         Raises:
             ContextOverflowError: the turn does not fit; nothing was decoded, history unchanged.
         """
+        check_text(text, "the message")
         decoded = load_images(images)  # one pixel budget for the turn
         message = user_message(text, [img.name for img in decoded])
         rendered = render_chat(self.model, [*self.messages, message], add_generation_prompt=True)

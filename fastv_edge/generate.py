@@ -83,6 +83,26 @@ def _claim(model: Model, cache: PromptCache) -> None:
     model._cache_owner = cache
 
 
+def check_text(text: str | None, what: str) -> None:
+    """Raise ValueError when `text` cannot be encoded as UTF-8, naming what it is and where.
+
+    Python keeps undecodable input bytes as lone surrogates (a command-line argument in another
+    encoding, JSON's "\\ud800"); the tokenizer's encode then failed with 'surrogates not allowed'.
+    """
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = ord(text[e.start])
+        byte = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"a lone surrogate U+{char:04X}"
+        raise ValueError(
+            f"{what} is not valid UTF-8 text: {byte} at character {e.start} (is the input in another encoding?)"
+        ) from None
+
+
 def token_piece(vocab, token: int, special: bool = False) -> bytes:
     """The bytes of one token (llama_token_to_piece, grown until the piece fits)."""
     size = 64
@@ -332,8 +352,10 @@ def stream_generate(
     Yields:
         GenerationResponse per generated token; the last one has finish_reason set.
     """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    for text, what in ((prompt, "the prompt"), (system, "the system message"), (instruction, "the instruction")):
+        check_text(text, what)
     prune = prune or model.prune
     prune.check_layer(model.info.n_layer)
     sampling = sampling or SamplingConfig()

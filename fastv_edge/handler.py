@@ -27,7 +27,7 @@ from llama_cpp import llama_grammar
 
 from .config import PruneConfig, max_threads
 from .encoder import ImageEncoder
-from .generate import chat_text
+from .generate import chat_text, check_text
 from .images import load_images
 from .model import check_mmproj_pair, check_supported, open_mtmd, read_mmproj_info
 from .prefill import PrefillStats, Target, check_fits, prefill
@@ -141,6 +141,7 @@ class FastVChatHandler(lcf.MTMDChatHandler):
     def _render(self, llama, messages, **template_vars) -> str:
         source, name = self._chat_template(llama)
         text = chat_text(llama, source, messages, name=name, **template_vars)
+        check_text(text, "the conversation")  # a lone surrogate from the request's JSON
         if self.verbose:
             print(text, file=sys.stderr)
         return text

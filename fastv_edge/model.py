@@ -70,6 +70,8 @@ class MmprojInfo:
 
 def _open_gguf(path: str | os.PathLike, what: str, **read) -> GGUFHeader:
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"{what} {path} is a directory, not a GGUF file")
     if not path.is_file():
         raise ModelLoadError(f"{what} not found: {path}")
     with open(path, "rb") as f:
@@ -320,11 +322,16 @@ class Model:
 
 
 def _resolve_paths(model: str | os.PathLike, mmproj: str | os.PathLike | None):
-    """A preset name becomes its cached files; a path stays a path."""
+    """A preset name becomes its cached files; a path stays a path (a missing one is not found)."""
     text = os.fspath(model)
     if not Path(text).exists() and "/" not in text and not text.endswith(".gguf"):
         from . import hub
+        from .templates import list_presets
 
+        names = [p.name for p in list_presets()]
+        if text not in names:  # 'model.bin' is a missing file, not an unknown preset
+            known = ", ".join(names)
+            raise ModelLoadError(f"model not found: {text} (no such file, and no preset of that name: {known})")
         return hub.cached_files(text, mmproj)
     return text, (os.fspath(mmproj) if mmproj is not None else None)
 
