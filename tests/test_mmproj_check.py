@@ -194,3 +194,15 @@ def test_the_chat_handler_refuses_them(projectors, damaged, cli_env, which):
     assert out.returncode == 0, out.stderr[-2000:]
     expected = "mm.0.bias" if which == "damaged" else "'qwen2vl_merger' projector"
     assert out.stdout.startswith("refused:") and expected in out.stdout, out.stdout
+
+
+@pytest.mark.native
+def test_a_vocabulary_without_the_projectors_image_tokens_is_named(projectors, photos):
+    """idefics3 wraps image rows in <fake_token_around_image> etc.; SmolLM2's vocabulary lacks them (the
+    lookup gives -1). Before: 'llama_decode failed (code -1)'."""
+    text, mmproj = projectors["idefics3"]
+    runtime = fe.RuntimeConfig(n_ctx=1024, n_threads=1)
+    with fe.load(text, mmproj, runtime=runtime, prune=fe.PruneConfig(strategy="none"), template="chatml") as model:
+        with pytest.raises(ValueError, match="vocabulary lacks the image tokens its mmproj's projector uses"):
+            fe.generate(model, "What is it?", [photos["coffee"]], max_tokens=1)
+        assert fe.generate(model, "Hello", max_tokens=1)  # the model still answers text
