@@ -34,6 +34,7 @@ from .gguf_header import FILE_TYPES, GGUFFormatError, GGUFHeader, read_header
 from .gguf_header import MAGIC as GGUF_MAGIC
 from .mmproj_check import check_mmproj, check_projector_pairing
 from .mmproj_keys import ARRAY_KEYS, check_key_types
+from .model_check import TOKENS, check_text_model, wants_array
 
 # Architectures whose layer loop the FastV patch hooks (llama_context::fastv_arch_supported,
 # see patches/); llama_fastv_begin returns -2 for the others.
@@ -85,10 +86,11 @@ def _open_gguf(path: str | os.PathLike, what: str, **read) -> GGUFHeader:
 
 
 def _hparams_read(values: dict) -> bool:
-    """True once the keys load() checks before llama.cpp sees the file are in (they precede
-    the vocabulary in converted files, so reading stops before it)."""
+    """True once the keys load() checks before llama.cpp sees the file are in: the hyperparameters
+    and the vocabulary's tokens (reading stops before the merges and the tensor table)."""
     arch = values.get("general.architecture")
-    return arch == "clip" or (f"{arch}.block_count" in values and f"{arch}.embedding_length" in values)
+    hparams = f"{arch}.block_count" in values and f"{arch}.embedding_length" in values
+    return arch == "clip" or (hparams and TOKENS in values)
 
 
 def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelInfo:
@@ -102,6 +104,7 @@ def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelI
     n_embd = values.get(f"{arch}.embedding_length")
     if not n_layer or not n_embd:
         raise ModelLoadError(f"model lacks {arch}.block_count / {arch}.embedding_length: {path}")
+    check_text_model(path, values, str(arch))
     ftype = values.get("general.file_type")
     quant = "unknown" if ftype is None else FILE_TYPES.get(int(ftype), f"file_type {ftype}")
     n_ff = values.get(f"{arch}.feed_forward_length", 0)
@@ -121,7 +124,7 @@ def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelI
 
 
 def _wants_array(key: str) -> bool:
-    return key.endswith(".feed_forward_length")  # per-layer in a few architectures
+    return wants_array(key)  # per-layer feed-forward lengths, M-RoPE sections, the vocabulary
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -428,7 +431,7 @@ def load(
     stack = ExitStack()
     try:
         llm = _load_llama(stack, model_path, runtime)
-        info = _model_info(model_path, {**llm.metadata, **head})
+        info = _model_info(model_path, {**llm.metadata, **{k: v for k, v in head.items() if k != TOKENS}})
         mtmd_ctx = None
         if mmproj_path:
             mtmd_ctx = open_mtmd(
