@@ -42,6 +42,7 @@ from fuzz_mutators import (  # noqa: E402 - tests/ is not a package
 )
 
 KINDS = {"model": 0.2, "mmproj": 0.3, "image": 0.15, "rgb": 0.07, "template": 0.18, "args": 0.1}
+QWEN3VL = dict(out_std=0.5, n_layer=4, deepstack_layers=(0, 1, 2))  # test_families_mtmd's tiny qwen3vl projector
 TIMEOUT = 60.0  # seconds per case: a tiny model loads and answers in well under a second
 PRUNES = ({"strategy": "none"}, {"strategy": "fastv", "layer": 2}, {"strategy": "divprune", "keep": 8})
 
@@ -69,12 +70,18 @@ def make_bases(tiny_dir: Path) -> Bases:
 
     from fastv_edge.templates import load_template, template_names
     from fastv_edge.testing.make_tiny import make_tiny
-    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3, make_tiny_gemma4, make_tiny_qwen2vl
+    from fastv_edge.testing.make_tiny_archs import (
+        make_tiny_gemma3,
+        make_tiny_gemma4,
+        make_tiny_qwen2vl,
+        make_tiny_qwen3vl,
+    )
     from fastv_edge.testing.mmproj_archs import make_tiny_vision_mmproj
     from fastv_edge.testing.mmproj_gemma4v import make_tiny_gemma4v_mmproj
 
     tiny = make_tiny(tiny_dir, seed=0, weight_type="f32")
     q2, g3, g4 = make_tiny_qwen2vl(tiny_dir), make_tiny_gemma3(tiny_dir), make_tiny_gemma4(tiny_dir, "e2b")
+    q3 = make_tiny_qwen3vl(tiny_dir)
     gemma3_mm = make_tiny_vision_mmproj(tiny_dir, "gemma3", 64, out_std=2.5)[0]
     idefics3 = tiny_dir / "tiny-idefics3-mmproj.gguf"
     if not idefics3.is_file():
@@ -84,6 +91,7 @@ def make_bases(tiny_dir: Path) -> Bases:
         "qwen2vl_merger": (q2.path, make_tiny_vision_mmproj(tiny_dir, "qwen2vl_merger", 64, out_std=0.5)[0]),
         "gemma3": (g3.path, gemma3_mm),
         "gemma4v": (g4.path, make_tiny_gemma4v_mmproj(tiny_dir, 64)[0]),
+        "qwen3vl_merger": (q3.path, make_tiny_vision_mmproj(tiny_dir, "qwen3vl_merger", 64, **QWEN3VL)[0]),
         "idefics3": (tiny.llama_path, idefics3),
     }
     pairs = {k: (str(a), str(b)) for k, (a, b) in pairs.items()}
@@ -201,6 +209,7 @@ class Report:
     seconds: float = 0.0
     outcomes: Counter = field(default_factory=Counter)  # (kind, outcome) -> count
     failures: list[dict] = field(default_factory=list)
+    examples: dict = field(default_factory=dict)  # (kind, error type) -> a few messages
 
     def summary(self) -> str:
         kinds = Counter()
@@ -232,7 +241,10 @@ def campaign(bases: Bases, iterations: int, seed: int, workdir: Path, only: list
             outcome = f"{outcome}; alone: {alone.run(case, TIMEOUT)}"
             alone.close()
         report.cases += 1
+        outcome, _, message = outcome.partition(" | ")
         report.outcomes[(case["kind"], outcome.split(":")[0] if outcome.startswith(BAD) else outcome)] += 1
+        if message:
+            report.examples.setdefault(f"{case['kind']} {outcome}", []).append(f"{case['what'][:100]} -> {message}")
         if outcome.startswith(BAD):
             report.failures.append({**case, "outcome": outcome})
         else:
@@ -257,6 +269,7 @@ def main(argv=None) -> int:
     for failure in report.failures:
         print(f"  case {failure['id']} ({failure['kind']}): {failure['what']} -> {failure['outcome']}")
     data = {"summary": report.summary(), "outcomes": {f"{k} {o}": n for (k, o), n in report.outcomes.items()}}
+    data["examples"] = {k: v[:: max(1, len(v) // 8)][:8] for k, v in report.examples.items()}
     (args.out / "report.json").write_text(json.dumps({**data, "failures": report.failures}, indent=1, default=str))
     return 1 if report.failures else 0
 

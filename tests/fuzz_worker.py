@@ -1,7 +1,8 @@
 """The fuzz test's worker process: runs cases read from stdin, one JSON object per line.
 
 For each case it prints "START <id>", runs it, then "DONE <id> <outcome>" where outcome is
-"ok" or the name of a documented error (a ValueError or FastVEdgeError subclass). Any other
+"ok" or the name of a documented error (a ValueError or FastVEdgeError subclass) then " | " and
+its message. Any other
 exception prints "DONE <id> UNDOCUMENTED <type>: <message>". A crash (signal) or a hang shows
 up in the parent as a START without its DONE. Clean models are loaded once and reused across
 cases, so every error must also leave them working: after an error the worker checks that the
@@ -102,9 +103,9 @@ def run_case(case: dict) -> str:
             OPS[case["kind"]](case)
         return "ok"
     except DOCUMENTED as e:
-        outcome = type(e).__name__
+        outcome = f"{type(e).__name__} | {str(e)[:300]}"
         if "\n" in str(e):
-            return f"MULTILINE {outcome}: {str(e)[:300]!r}"
+            return f"MULTILINE {type(e).__name__}: {str(e)[:300]!r}"
     except Exception as e:  # noqa: BLE001 - what the fuzz test is looking for
         return f"UNDOCUMENTED {type(e).__name__}: {str(e)[:300]!r}"
     try:
