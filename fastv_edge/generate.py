@@ -25,6 +25,7 @@ from llama_cpp._internals import LlamaSampler
 from .config import PruneConfig, SamplingConfig
 from .decode import TokenBatch
 from .flops import flops_ratio
+from .image_grid import check_images
 from .images import RGBImage, load_images
 from .model import Model
 from .prefill import Progress, check_fits, no_progress, prefill
@@ -360,6 +361,7 @@ def stream_generate(
     prune.check_layer(model.info.n_layer)
     sampling = sampling or SamplingConfig()
     decoded = load_images(images)  # one pixel budget for the request
+    check_images(model.mmproj.image_limit if model.mmproj else None, decoded)
     text = build_prompt(model, prompt, len(decoded), apply_template=apply_template, system=system)
     t_start = time.perf_counter()
     cache = cache if cache is not None else PromptCache()

@@ -28,6 +28,7 @@ from llama_cpp import llama_grammar
 from .config import PruneConfig, max_threads
 from .encoder import ImageEncoder
 from .generate import chat_text, check_text
+from .image_grid import check_images
 from .images import load_images
 from .model import check_mmproj_pair, check_supported, open_mtmd, read_mmproj_info
 from .prefill import PrefillStats, Target, check_fits, prefill
@@ -201,6 +202,7 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         self._init_mtmd_context(llama)
         self._check_model(llama)
         images = load_images(self.get_image_urls(messages))  # named by URL or path, in one pixel budget
+        check_images(self._mmproj.image_limit, images)
         text = self._render(
             llama, messages, functions=functions, function_call=function_call, tools=tools, tool_choice=tool_choice
         )

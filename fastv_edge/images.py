@@ -195,7 +195,8 @@ def load_images(sources, *, max_pixels: int = MAX_PIXELS, max_total: int = MAX_R
     """The images of one request, decoded, within a pixel budget for all of them.
 
     Each image's size is read from its header before it is decoded, so the request is refused
-    before the image that would take it past max_total takes any memory.
+    before the image that would take it past max_total takes any memory. RGBImage objects are
+    decoded already: they are checked against max_pixels only.
 
     Args:
         sources: paths, file:// URLs, data: URIs, http(s) URLs, bytes or RGBImage objects.
@@ -211,13 +212,13 @@ def load_images(sources, *, max_pixels: int = MAX_PIXELS, max_total: int = MAX_R
     """
     images, left = [], max_total
     for i, source in enumerate(sources, 1):
-        if isinstance(source, RGBImage):
-            _check_size(source.name, source.nx, source.ny, max_pixels, left)
-            img = source
-        else:
-            data, name = read_source(source)
-            name = f"image {i} ({name})" if name.startswith("<") else name
-            img = decode(data, name, max_pixels, budget=left)
+        if isinstance(source, RGBImage):  # decoded already (a chat's earlier turns): not this request's memory
+            _check_size(source.name, source.nx, source.ny, max_pixels, None)
+            images.append(source)
+            continue
+        data, name = read_source(source)
+        name = f"image {i} ({name})" if name.startswith("<") else name
+        img = decode(data, name, max_pixels, budget=left)
         left -= img.nx * img.ny
         images.append(img)
     return images

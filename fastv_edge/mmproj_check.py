@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 from .gguf_header import GGUFHeader, TensorInfo
+from .image_grid import ImageLimit
 from .mmproj_keys import Vision, check_key_types, read_vision
 
 F32, F16, BF16 = 0, 1, 30  # ggml types
@@ -47,6 +48,7 @@ class MmprojFacts:
     n_embd_out: int | None  # width of one output row (before deepstack), None for unchecked types
     n_deepstack: int  # qwen3vl: deepstack mergers, each adding n_embd_out to a row
     image_size: int | None
+    image_limit: ImageLimit | None = None  # gemma4v: the patches per side its position table holds
 
 
 class _File:
@@ -56,6 +58,7 @@ class _File:
         self.path = Path(header.path).name
         self.projector = projector
         self.tensors = {t.name: t for t in header.tensors}
+        self.image_limit: ImageLimit | None = None
 
     def fail(self, message: str):
         raise ModelLoadError(f"mmproj {self.path} ({self.projector}): {message}")
@@ -297,6 +300,7 @@ def _gemma4v(f: _File, v: Vision) -> tuple[int, int]:
         f.fail(f"projector.scale_factor {merge} must divide the {v.side} patches per side")
     if pos.shape[1] < v.side:
         f.fail(f"v.position_embd.weight has {pos.shape[1]} positions per axis, fewer than {v.side} patches")
+    f.image_limit = ImageLimit(v.patch_size, merge, pos.shape[1])  # long thin images can need more
     proj = f.matrix("mm.input_projection.weight", v.n_embd, None, "vision n_embd -> text n_embd")
     return proj.shape[1], 0
 
@@ -396,7 +400,7 @@ def check_mmproj(header: GGUFHeader) -> MmprojFacts:
     check_names(f, vision)
     check_blocks(f, vision, spec.blocks)
     n_out, n_deepstack = spec.check(f, vision)
-    return MmprojFacts(proj, n_out, n_deepstack, vision.image_size)
+    return MmprojFacts(proj, n_out, n_deepstack, vision.image_size, f.image_limit)
 
 
 def check_projector_pairing(projector: str, architecture: str, mmproj_name: str, model_name: str) -> None:

@@ -32,6 +32,7 @@ from .config import PruneConfig, RuntimeConfig
 from .errors import ModelLoadError, UnsupportedModelError
 from .gguf_header import FILE_TYPES, GGUFFormatError, GGUFHeader, read_header
 from .gguf_header import MAGIC as GGUF_MAGIC
+from .image_grid import ImageLimit
 from .mmproj_check import check_mmproj, check_projector_pairing
 from .mmproj_keys import ARRAY_KEYS, check_key_types
 from .model_check import TOKENS, check_text_model, wants_array
@@ -67,6 +68,7 @@ class MmprojInfo:
     n_embd_out: int | None  # None: projector type not in mmproj_check's table, mtmd checks it
     image_size: int | None
     has_vision: bool
+    image_limit: ImageLimit | None = None  # images whose patch grid would overflow its position table
 
 
 def _open_gguf(path: str | os.PathLike, what: str, **read) -> GGUFHeader:
@@ -167,7 +169,7 @@ def read_mmproj_info(path: str | os.PathLike) -> MmprojInfo:
     if header.get("clip.has_vision_encoder") is not True:
         raise ModelLoadError(f"mmproj has no vision encoder (clip.has_vision_encoder is not true): {path}")
     facts = check_mmproj(header)
-    return MmprojInfo(str(path), facts.projector, facts.n_embd_out, facts.image_size, True)
+    return MmprojInfo(str(path), facts.projector, facts.n_embd_out, facts.image_size, True, facts.image_limit)
 
 
 def check_pair(info: ModelInfo, mmproj: MmprojInfo) -> None:

@@ -6,7 +6,8 @@ replays a case). The loads run in a subprocess: before the fixes most of these a
 - seed 2, case 3139: a bit flip made two vocabulary tokens equal (GGML_ASSERT in llama-vocab.cpp);
 - seed 2, case 6497: context_length 2**31 - 1 (llama-cpp-python allocated 8 GB per tokenize call: killed);
 - seed 2, case 7162: an M-RoPE section of 256 (GGML_ASSERT(sect_dims <= ne0) in ggml's rope);
-- seed 2, case 7597: the vocabulary's item type changed to bool (a TypeError in our own check).
+- seed 2, case 7597: the vocabulary's item type changed to bool (a TypeError in our own check);
+- seed 3, case 60: a 2000x64 image on the tiny gemma4v projector ran past its position table (GGML_ASSERT).
 """
 
 from __future__ import annotations
@@ -92,3 +93,31 @@ def test_two_tokens_with_one_text(tiny, tmp_path):
     bad.write_bytes(bytes(data))
     text = bytes(data[first[0] : first[0] + first[1]]).decode()
     _refused(bad, f"token {text!r} is both id 300 and id {other}")
+
+
+def gemma4v_scenario(text: str, mmproj: str, nx: int, ny: int) -> dict:
+    """A gemma4v pair asked about an nx x ny image (the tiny projector's table has 64 rows per side)."""
+    from fastv_edge.images import RGBImage
+
+    runtime, stock = fe.RuntimeConfig(n_ctx=2048, n_threads=1), fe.PruneConfig(strategy="none")
+    with fe.load(text, mmproj, runtime=runtime, prune=stock, template="chatml") as m:
+        try:
+            fe.generate(m, "What is it?", [RGBImage(nx, ny, bytes(nx * ny * 3))], max_tokens=1)
+            return {"error": None}
+        except Exception as e:  # noqa: BLE001 - the test checks the type
+            return {"error": type(e).__name__, "message": str(e), "after": fe.generate(m, "Hi", max_tokens=1)}
+
+
+@pytest.mark.parametrize("nx, ny", [(2000, 64), (64, 2000)])
+def test_a_long_thin_image_past_the_position_table(tiny_dir, nx, ny):
+    """Seed 3, case 60: gemma4v keeps the aspect ratio, 2000x64 became 249x9 patches on a table of 64
+    (GGML_ASSERT in get_rows)."""
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma4
+    from fastv_edge.testing.mmproj_gemma4v import make_tiny_gemma4v_mmproj
+
+    lm = make_tiny_gemma4(tiny_dir, "e2b")
+    mmproj = make_tiny_gemma4v_mmproj(tiny_dir, lm.hparams.n_embd)[0]
+    out = run_isolated("test_fuzz_findings", "gemma4v_scenario", str(lm.path), str(mmproj), nx, ny, timeout=300)
+    assert out["error"] == "ValueError" and "has 64 per side; crop it" in out["message"], out
+    square = run_isolated("test_fuzz_findings", "gemma4v_scenario", str(lm.path), str(mmproj), 96, 96, timeout=300)
+    assert square["error"] is None, square
