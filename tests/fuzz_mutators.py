@@ -174,6 +174,7 @@ def mutate_gguf(data: bytes, layout: Layout, rng: np.random.Generator) -> tuple[
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 MODES = ("RGB", "L", "LA", "P", "RGBA", "I", "F", "CMYK", "1", "I;16")
+MAX_AREA = 150_000  # pixels of a generated image: shapes are what is tested here, not the encoder's cost
 SAVE_AS = {"F": "TIFF", "CMYK": "TIFF", "I": "TIFF"}  # modes PNG cannot hold
 
 
@@ -217,6 +218,7 @@ def mutate_image(bases: dict[str, bytes], rng: np.random.Generator) -> tuple[byt
     from PIL import Image
 
     nx, ny = (int(rng.choice([1, 2, 3, 5, 17, 64, 333, 2000, 6000])) for _ in range(2))
+    ny = min(ny, max(1, MAX_AREA // nx))  # a Qwen-VL encoder takes a minute and gigabytes past this
     mode = MODES[int(rng.integers(len(MODES)))]
     img = Image.fromarray(rng.integers(0, 255, (ny, nx, 3), dtype=np.uint8)).convert(mode)
     buf = io.BytesIO()

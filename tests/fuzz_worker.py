@@ -36,7 +36,8 @@ def clean_model(text: str, mmproj: str | None):
     """A clean pair loaded once per worker and reused by every case that does not mutate it."""
     key = (text, mmproj)
     if key not in _loaded:
-        _loaded[key] = fe.load(text, mmproj, runtime=fe.RuntimeConfig(**RUNTIME), template="chatml")
+        stock = fe.PruneConfig(strategy="none")  # each request passes its own
+        _loaded[key] = fe.load(text, mmproj, runtime=fe.RuntimeConfig(**RUNTIME), prune=stock, template="chatml")
     return _loaded[key]
 
 
