@@ -61,6 +61,7 @@ class ChatSession:
         max_tokens: int = 256,
         progress: Progress = no_progress,
     ):
+        check_text(system, "the system message")
         self.model = model
         self.prune = prune or model.prune
         self.prune.check_layer(model.info.n_layer)

@@ -151,3 +151,13 @@ def test_context_rounding_and_training_length_are_reported(tiny, cli_env):
     warnings = [line for line in out.stderr.splitlines() if line.startswith("fastv-edge: warning:")]
     assert out.returncode == 0, out.stderr[-500:]
     assert any("trained on" in w for w in warnings) and any("rounded the context size -c 5000" in w for w in warnings)
+
+
+@pytest.mark.native
+def test_bench_refuses_a_pseudo_image_larger_than_the_context_before_making_it(cli_env, tiny, tmp_path):
+    """Before: N x n_embd rows were made first (10**9 rows: 256 GB), the context checked after."""
+    out = run_cli(
+        cli_env, "bench", "-m", tiny.llama_path, "--pseudo-image-tokens", "1000000000", "-t", "1", "--reps", "1",
+        "--no-plots", "--out", tmp_path, "--quiet", timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1 and "pseudo prompt needs 10000000" in out.stderr and "raise -c" in out.stderr, out.stderr

@@ -106,3 +106,9 @@ def test_the_handler_names_images_and_bad_text(tiny):
             llm.create_chat_completion(messages=[{"role": "user", "content": "hi \ud800"}], max_tokens=1)
     finally:
         llm.close()
+
+
+@pytest.mark.native
+def test_a_system_message_in_another_encoding_is_named(tiny_model):
+    with pytest.raises(ValueError, match="the system message is not valid UTF-8 text: byte 0xe9 at character 3"):
+        fe.ChatSession(tiny_model, system=os.fsdecode(b"caf\xe9"))
