@@ -6,11 +6,13 @@ a CLIP projector (read whole, tensor table bounds-checked) with every tensor and
 projector type needs (mmproj_check: a missing one crashes mtmd's loader), made for the text
 model's family and projecting to its n_embd, and (for pruning strategies) an architecture
 the FastV patch supports.
-The text model's header is read only up to those keys, which precede its vocabulary:
-llama.cpp then parses the whole header once, with its own bounds checks, and the rest of
-ModelInfo comes from its metadata. When llama.cpp refuses a file, read_model_info (the full
-Python read) names what is damaged. Reading the vocabulary in Python as well cost more than
-llama.cpp's whole load of a small model.
+The text model's header is read up to its vocabulary's tokens, for the values llama.cpp
+would abort on instead of refusing (model_check: layer count, M-RoPE sections, two tokens
+with one text); the merges and the tensor table are left to llama.cpp, which parses the
+whole header once, with its own bounds checks, and the rest of ModelInfo comes from its
+metadata. When llama.cpp refuses a file, read_model_info (the full Python read) names what
+is damaged. Reading the tokens costs tens of milliseconds for a 50k vocabulary; gguf-py's
+reader of the whole header cost more than llama.cpp's whole load of a small model.
 
 Unsupported architecture policy: load() REFUSES with UnsupportedModelError when a pruning
 strategy ('fastv', 'random') is asked for on an architecture the patch does not hook; pass
