@@ -97,7 +97,7 @@ def _hparams_read(values: dict) -> bool:
     return arch == "clip" or (hparams and TOKENS in values)
 
 
-def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelInfo:
+def _model_info(path: str | os.PathLike, values: Mapping[str, object], check: bool = True) -> ModelInfo:
     """ModelInfo from GGUF values: typed ones from read_header, or llama.cpp's metadata strings."""
     arch = values.get("general.architecture")
     if not arch:
@@ -108,7 +108,8 @@ def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelI
     n_embd = values.get(f"{arch}.embedding_length")
     if not n_layer or not n_embd:
         raise ModelLoadError(f"model lacks {arch}.block_count / {arch}.embedding_length: {path}")
-    check_text_model(path, values, str(arch))
+    if check:  # the header's typed values (llama.cpp's metadata are strings, of a file it has loaded)
+        check_text_model(path, values, str(arch))
     ftype = values.get("general.file_type")
     quant = "unknown" if ftype is None else FILE_TYPES.get(int(ftype), f"file_type {ftype}")
     n_ff = values.get(f"{arch}.feed_forward_length", 0)
@@ -435,7 +436,7 @@ def load(
     stack = ExitStack()
     try:
         llm = _load_llama(stack, model_path, runtime)
-        info = _model_info(model_path, {**llm.metadata, **{k: v for k, v in head.items() if k != TOKENS}})
+        info = _model_info(model_path, {**llm.metadata, **{k: v for k, v in head.items() if k != TOKENS}}, False)
         mtmd_ctx = None
         if mmproj_path:
             mtmd_ctx = open_mtmd(

@@ -25,6 +25,8 @@ from .errors import ModelLoadError
 MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS
 MAX_CONTEXT_TRAIN = 1 << 24  # 16.7M tokens: above any released model (10M), 64 MB per tokenize call
 TOKENS = "tokenizer.ggml.tokens"
+# integer keys load() reads itself (llama.cpp refuses other types, our conversions must not fail first)
+NUMBERS = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count", "context_length")
 
 
 def wants_array(key: str) -> bool:
@@ -41,6 +43,11 @@ def check_text_model(path, values: Mapping[str, object], arch: str) -> None:
         arch: general.architecture.
     """
     name = Path(path).name
+    for key in (*(f"{arch}.{k}" for k in NUMBERS), "general.file_type"):
+        value = values.get(key, 0)
+        items = value if isinstance(value, list) and key.endswith("feed_forward_length") else [value]
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise ModelLoadError(f"model {name}: {key} is {value!r}, not an integer: the file is damaged")
     n_layer = values.get(f"{arch}.block_count")
     if not isinstance(n_layer, int) or not 1 <= n_layer <= MAX_LAYERS:
         raise ModelLoadError(f"model {name}: {arch}.block_count = {n_layer!r}, outside llama.cpp's [1, {MAX_LAYERS}]")
@@ -56,11 +63,11 @@ def check_text_model(path, values: Mapping[str, object], arch: str) -> None:
 
 def _check_rope_sections(name: str, values: Mapping[str, object], arch: str) -> None:
     sections = values.get(f"{arch}.rope.dimension_sections")
-    if sections is None:
-        return
+    if not isinstance(sections, list):
+        return  # absent, or not an array: llama.cpp refuses the type itself
     n_embd, n_head = values.get(f"{arch}.embedding_length"), values.get(f"{arch}.attention.head_count")
-    head_dim = values.get(f"{arch}.attention.key_length") or (n_embd // n_head if n_head else 0)
-    n_rot = values.get(f"{arch}.rope.dimension_count") or head_dim
+    head_dim = _int(values, f"{arch}.attention.key_length") or (n_embd // n_head if n_head else 0)
+    n_rot = _int(values, f"{arch}.rope.dimension_count") or head_dim
     total = sum(s for s in sections[:4] if isinstance(s, int))
     if any(not isinstance(s, int) or s < 0 for s in sections[:4]) or not 1 <= total <= n_rot:
         raise ModelLoadError(
@@ -69,11 +76,16 @@ def _check_rope_sections(name: str, values: Mapping[str, object], arch: str) -> 
         )
 
 
+def _int(values: Mapping[str, object], key: str) -> int:
+    value = values.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _check_vocabulary(name: str, values: Mapping[str, object]) -> None:
     tokens = values.get(TOKENS)
     if tokens is None:
         return  # not read (or absent): llama.cpp refuses a missing vocabulary itself
-    if not all(isinstance(t, str) for t in tokens):
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise ModelLoadError(f"model {name}: {TOKENS} is not an array of strings")
     seen: dict[str, int] = {}
     for i, text in enumerate(tokens):

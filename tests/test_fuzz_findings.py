@@ -7,6 +7,7 @@ replays a case). The loads run in a subprocess: before the fixes most of these a
 - seed 2, case 6497: context_length 2**31 - 1 (llama-cpp-python allocated 8 GB per tokenize call: killed);
 - seed 2, case 7162: an M-RoPE section of 256 (GGML_ASSERT(sect_dims <= ne0) in ggml's rope);
 - seed 2, case 7597: the vocabulary's item type changed to bool (a TypeError in our own check);
+- seed 4, case 770: the vocabulary's value type changed to uint16 (a TypeError in our own check);
 - seed 3, case 60: a 2000x64 image on the tiny gemma4v projector ran past its position table (GGML_ASSERT).
 """
 
@@ -59,6 +60,7 @@ def test_a_string_length_past_any_offset(tiny, tmp_path):
         ("value of llama.block_count", 4096, "llama.block_count = 4096, outside llama.cpp's [1, 512]"),
         ("value of llama.context_length", 2**31 - 1, "llama.context_length = 2147483647 is more than"),
         ("item type of tokenizer.ggml.tokens", 7, "tokenizer.ggml.tokens is not an array of strings"),
+        ("type of tokenizer.ggml.tokens", 2, "tokenizer.ggml.tokens is not an array of strings"),
     ],
 )
 def test_llama_values_llama_cpp_aborts_on(tiny, tmp_path, label, value, message):
