@@ -140,6 +140,8 @@ def chat_loop(args, backend: Backend) -> int:
         The exit code (0).
     """
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # a line in another encoding becomes one error, not the end of the chat
+        sys.stdin.reconfigure(errors="surrogateescape")
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())

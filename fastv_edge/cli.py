@@ -33,7 +33,7 @@ from .cli_args import (
     native_backend,
     sampling_from_args,
 )
-from .console import SlowSteps, error, format_stats
+from .console import SlowSteps, error, format_stats, read_stdin
 from .errors import FastVEdgeError
 
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args, backend: Backend) -> int:
     steps = SlowSteps(not args.quiet and not args.json)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin("the prompt read from stdin") if args.prompt == "-" else args.prompt
     with load_from_args(args, steps, backend) as model:
         last, text = None, []
         for r in backend.stream_generate(

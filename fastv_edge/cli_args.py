@@ -8,6 +8,7 @@ call to load and generate: the native one, or a fake in the tests.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -176,10 +177,13 @@ def load_from_args(args, steps, backend: Backend):
     ignored = ignored_prune_flags(args)
     if ignored and not args.quiet:
         warn(f"{' and '.join(ignored)} ignored: --strategy none runs stock llama.cpp, which prunes nothing")
-    with steps(f"loading {args.model}"):
+    with steps(f"loading {args.model}"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         model = backend.load(
             args.model, args.mmproj, runtime=runtime_from_args(args), prune=prune, template=args.chat_template
         )
+    for w in caught if not args.quiet else ():
+        warn(str(w.message))  # one line, like every other message of the CLI
     if model.n_ctx != args.ctx_size and not args.quiet:
         warn(f"llama.cpp rounded the context size -c {args.ctx_size} to {model.n_ctx} tokens")
     return model

@@ -12,6 +12,7 @@ Checks that need the model (K < n_layer, keep <= N) live in `check_layer` / the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 STRATEGIES = ("fastv", "random", "divprune", "dart", "cdpruner", "none")
@@ -21,6 +22,10 @@ DEFAULT_DROP_RATIO = 0.5
 DEFAULT_LAYER = 2  # FastV's K=2
 DEFAULT_RELEVANCE_WEIGHT = 0.5  # CDPruner's theta (OpenVINO GenAI's default)
 PRE_PARSE_KEYS = ("keep", "r", "seed", "theta")
+THREADS_PER_CORE = 4  # a thread count above this many per core is a typo, not a setting
+GGML_MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS: its thread pool aborts above it
+MAX_CONTEXT = 2**31 - 256  # n_ctx / n_batch / n_ubatch: llama.cpp's uint32 padding must not wrap
+MAX_SEED = 2**32 - 2  # llama.cpp's seeds are uint32, and 2**32 - 1 (LLAMA_DEFAULT_SEED) means "random"
 
 
 def _is_int(value) -> bool:
@@ -250,7 +255,11 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """llama.cpp context settings (names follow llama-cpp-python's Llama arguments)."""
+    """llama.cpp context settings (names follow llama-cpp-python's Llama arguments).
+
+    llama.cpp rounds n_ctx up to a multiple of 256 (at least 256): Model.n_ctx is the size the
+    context got. load() warns when n_ctx exceeds the model's training context.
+    """
 
     n_ctx: int = 4096
     n_threads: int | None = None  # decode, prefill (batch) and vision-encoder threads; None: default_threads()
@@ -263,10 +272,17 @@ class RuntimeConfig:
     def __post_init__(self):
         for name in ("n_ctx", "n_batch", "n_ubatch"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if not _is_int(value) or not 1 <= value <= MAX_CONTEXT:
+                # llama.cpp keeps them in uint32 and pads n_ctx up to a multiple of 256: larger values wrap
+                raise ValueError(f"{name} must be an integer in [1, {MAX_CONTEXT}], got {value!r}")
         if self.n_threads is not None and (not _is_int(self.n_threads) or self.n_threads < 1):
             raise ValueError(f"n_threads must be an integer >= 1 or None, got {self.n_threads!r}")
+        if self.n_threads is not None and self.n_threads > max_threads():
+            raise ValueError(
+                f"n_threads={self.n_threads} is more than {max_threads()} ({THREADS_PER_CORE} per CPU core of this "
+                f"machine, at most ggml's {GGML_MAX_THREADS}): ggml's threads spin at barriers, so threads beyond the "
+                f"cores only slow it down, and each one costs memory; use at most {default_threads()} (-t)"
+            )
         if not _is_int(self.n_gpu_layers):
             raise ValueError(f"n_gpu_layers must be an integer, got {self.n_gpu_layers!r}")
 
@@ -274,6 +290,13 @@ class RuntimeConfig:
     def threads(self) -> int:
         """The thread count llama.cpp and mtmd get: n_threads, or default_threads()."""
         return self.n_threads if self.n_threads is not None else default_threads()
+
+
+def max_threads() -> int:
+    """The largest thread count accepted: THREADS_PER_CORE per CPU core, at most GGML_MAX_THREADS."""
+    import os
+
+    return min(THREADS_PER_CORE * (os.cpu_count() or 1), GGML_MAX_THREADS)
 
 
 def default_threads() -> int:
@@ -302,9 +325,13 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.temp, bool) or not isinstance(self.temp, (int, float)) or self.temp < 0:
+        for name in ("temp", "top_p", "min_p", "repeat_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.temp < 0:
             raise ValueError(f"temp must be >= 0, got {self.temp!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not _is_int(self.top_k) or not 0 <= self.top_k <= 2**31 - 1:
             raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
         for name in ("top_p", "min_p"):
             value = getattr(self, name)
@@ -312,5 +339,8 @@ class SamplingConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         if self.repeat_penalty <= 0:
             raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(
+                f"seed must be an integer in [0, {MAX_SEED}] (llama.cpp's seeds are 32-bit, and {MAX_SEED + 1} "
+                f"means a random seed), got {self.seed!r}"
+            )

@@ -52,9 +52,26 @@ def format_stats(r, prune: PruneConfig) -> str:
 
 def warn(message: str) -> None:
     """One 'fastv-edge: warning: ...' line on stderr."""
-    print(f"fastv-edge: warning: {message}", file=sys.stderr, flush=True)
+    print(f"fastv-edge: warning: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def error(message: str) -> None:
     """One 'fastv-edge: error: ...' line on stderr."""
-    print(f"fastv-edge: error: {message}", file=sys.stderr, flush=True)
+    print(f"fastv-edge: error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def one_line(message: str) -> str:
+    """message with its line breaks turned into spaces (llama.cpp's and Jinja's messages carry some)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def read_stdin(what: str) -> str:
+    """All of stdin as text; ValueError naming `what` and the byte when it is not UTF-8."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream with no bytes underneath (io.StringIO)
+        return sys.stdin.read()
+    data = stream.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} is not valid UTF-8 text: byte 0x{data[e.start]:02x} at byte {e.start}") from None

@@ -208,6 +208,11 @@ def _pieces(mtmd_ctx, chunks, names: list[str]) -> list[Piece]:
             n = ctypes.c_size_t()
             ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
             tokens = [ptr[j] for j in range(n.value)]
+            if any(t < 0 for t in tokens):  # mtmd looked up a token the vocabulary does not have
+                raise ValueError(
+                    "mtmd put an unknown token (-1) in the text around an image: the text model's vocabulary lacks "
+                    "the image tokens its mmproj's projector uses; use the text model made for this mmproj"
+                )
             if tokens:
                 pieces.append(TextPiece(tokens))
         elif kind == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:

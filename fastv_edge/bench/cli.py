@@ -94,6 +94,7 @@ def _settings(args):
 
 def cmd_bench(args) -> int:
     """Run the benchmark, print the table (or JSON) and where the files went."""
+    from ..console import read_stdin
     from . import run_bench
     from .grid import ModelSpec
     from .quick import quick_models, quick_settings
@@ -109,7 +110,7 @@ def cmd_bench(args) -> int:
         if not args.model:
             raise ValueError("give at least one -m MODEL.gguf (or --quick)")
         n_images = len(args.image) or args.n_images
-        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        prompt = read_stdin("the prompt read from stdin") if args.prompt == "-" else args.prompt
         specs = [
             ModelSpec(m, args.mmproj, n_images, args.pseudo_image_tokens, tuple(args.image), prompt) for m in args.model
         ]

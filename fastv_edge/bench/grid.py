@@ -104,12 +104,13 @@ class GridPoint:
         )
 
 
-def expand_grid(settings: BenchSettings, n_layer: int) -> list[GridPoint]:
+def expand_grid(settings: BenchSettings, n_layer: int, notes: list[str] | None = None) -> list[GridPoint]:
     """Stock first, then strategy x K x budget; K values a model cannot take are skipped.
 
     Args:
         settings: the benchmark settings.
         n_layer: the model's layer count (FastV needs 1 <= K < n_layer).
+        notes: each skipped point is noted here, with the reason (the report prints them).
 
     Returns:
         The grid points, stock first.
@@ -119,8 +120,11 @@ def expand_grid(settings: BenchSettings, n_layer: int) -> list[GridPoint]:
         if strategy == "none":
             continue
         for k in settings.layers:
+            budgets = [GridPoint(strategy, k, drop_ratio=r) for r in settings.drop_ratios]
+            budgets += [GridPoint(strategy, k, keep=n) for n in settings.keeps]
             if not 1 <= k < n_layer:
+                reason = f"a {n_layer}-layer model takes K in [1, {n_layer - 1}]"
+                (notes if notes is not None else []).extend(f"skipped {p.label}: {reason}" for p in budgets)
                 continue
-            points += [GridPoint(strategy, k, drop_ratio=r) for r in settings.drop_ratios]
-            points += [GridPoint(strategy, k, keep=n) for n in settings.keeps]
+            points += budgets
     return points

@@ -217,7 +217,7 @@ def bench_model(
             workload.n_image_tokens,
             [],
         )
-        run.points = _usable(expand_grid(settings, info.n_layer), workload.n_image_tokens, run.notes)
+        run.points = _usable(expand_grid(settings, info.n_layer, run.notes), workload.n_image_tokens, run.notes)
         if run.synthetic:
             run.notes.append("synthetic weights: speed is representative, fidelity is not reported")
             run.notes += _shape_notes(spec.path)

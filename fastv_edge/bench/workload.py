@@ -88,13 +88,13 @@ class PseudoWorkload:
         llm = model.llm
         pre = llm.tokenize(f"{SYSTEM}\nUSER: ".encode(), add_bos=True, special=True)
         post = llm.tokenize(f"\n{QUESTION}\nASSISTANT:".encode(), add_bos=False, special=True)
+        self.n_prompt_tokens = len(pre) + n_image + len(post)
+        if self.n_prompt_tokens > model.n_ctx:  # before the rows are made: N x n_embd floats
+            raise ValueError(f"pseudo prompt needs {self.n_prompt_tokens} tokens, n_ctx is {model.n_ctx}; raise -c")
         self.image = pseudo_image(model, n_image, seed)
         self.prompt = Prompt([TextPiece(list(pre)), self.image, TextPiece(list(post))])
         self.n_image_tokens = n_image
         self.encode_cpu_ms = 0.0  # no vision encoder
-        self.n_prompt_tokens = self.prompt.n_tokens
-        if self.n_prompt_tokens > model.n_ctx:
-            raise ValueError(f"pseudo prompt needs {self.n_prompt_tokens} tokens, n_ctx is {model.n_ctx}; raise -c")
 
     def prefill(self, prune) -> tuple[int, PrefillStats]:
         return prefill(self.model.target, self.prompt, n_past=0, prune=prune)
