@@ -41,6 +41,8 @@ _MMPROJ_OUT = (
     ("mm.model.fc.weight", 1),  # idefics3 (SmolVLM)
     ("mm.input_projection.weight", 0),  # gemma3
 )
+# projector types whose tensor of the table above has the output on another axis
+_MMPROJ_OUT_BY_TYPE = {"gemma4v": ("mm.input_projection.weight", 1)}  # clip_n_mmproj_embd: ne[1] for gemma4v
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,9 @@ def read_mmproj_info(path: str | os.PathLike) -> MmprojInfo:
     if not header.get("clip.has_vision_encoder", False):
         raise ModelLoadError(f"mmproj has no vision encoder (clip.has_vision_encoder is false): {path}")
     shapes = {t.name: t.shape for t in header.tensors}  # GGUF order: ne0, ne1, ...
-    n_out = next((shapes[n][axis] for n, axis in _MMPROJ_OUT if n in shapes), None)
     proj = header.get("clip.vision.projector_type") or header.get("clip.projector_type") or "unknown"
+    table = [_MMPROJ_OUT_BY_TYPE[proj]] if proj in _MMPROJ_OUT_BY_TYPE else _MMPROJ_OUT
+    n_out = next((shapes[n][axis] for n, axis in table if n in shapes), None)
     size = header.get("clip.vision.image_size")
     return MmprojInfo(str(path), str(proj), n_out, int(size) if size else None, True)
 
