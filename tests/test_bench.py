@@ -328,3 +328,27 @@ def test_load_time_script_runs(tiny):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["load_process_s"] > result["load_s"]  # the process also imports
     assert result["ratio"] == round(result["load_s"] / result["llama_s"], 2)
+
+
+@pytest.mark.native
+@pytest.mark.slow
+def test_compare_pairs_each_selection_with_fastv_at_the_same_kept_count(quick_result, capsys):
+    from fastv_edge.bench.compare import compare, main
+
+    out, result = quick_result
+    rows = compare(result)
+    pre = [r for r in rows if r["config"] == "divprune K=0 keep=16"]
+    assert len(pre) == len(result["models"])  # one per model file
+    for r in pre:
+        [row] = [x for x in result["rows"] if x["file"] == r["file"] and x["config"] == r["config"]]
+        n_text = row["n_prompt_tokens"] - row["n_image_tokens"]
+        assert r["tokens_ratio"] == pytest.approx((n_text + 16) / row["n_prompt_tokens"])
+        assert r["ratio_quotient"] == pytest.approx(row["prefill_ratio"] / r["tokens_ratio"])
+        assert (
+            r["fastv_config"] in ("fastv K=2 keep=16", "fastv K=2 R=0.75")
+            and r["ttft_vs_fastv"] > 0
+            and r["select_ms"] > 0
+        )
+    assert main([str(out / "results.json"), "--markdown"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| file | config | kept/N |") and "| divprune K=0 keep=16 | 16/64 |" in table
