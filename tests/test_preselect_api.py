@@ -129,6 +129,16 @@ def test_families_without_fastv_select_before_the_llm(tiny_dir, name):
     assert [r.token for r in again] == [r.token for r in out]
 
 
+def test_a_hybrid_model_loads_for_selection_only(tiny_dir):
+    """lfm2 (conv + attention): FastV is refused at load, selection before the LLM is accepted."""
+    case = family_case(tiny_dir, "lfm2")
+    runtime = fe.RuntimeConfig(n_ctx=256, n_threads=1)
+    with pytest.raises(fe.UnsupportedModelError, match="architecture 'lfm2'"):
+        fe.load(case.lm, runtime=runtime, prune=fe.PruneConfig(strategy="random", layer=1))
+    with fe.load(case.lm, runtime=runtime, prune=fe.PruneConfig(strategy="random", layer=0, keep=4)) as model:
+        assert model.prune.pre_llm and fe.generate(model, "Hello", max_tokens=2)  # a text-only turn prunes nothing
+
+
 def test_handler_on_a_family_without_fastv(tiny_dir):
     from llama_cpp import Llama
 
