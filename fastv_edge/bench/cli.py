@@ -48,7 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "-k", "--layer", type=int, action="append", help="K values (repeatable; default 2; 0: random before the LLM)"
     )
-    p.add_argument("-r", "--drop-ratio", type=float, action="append", help="R values (default .5 .75 .9)")
+    p.add_argument(
+        "-r", "--drop-ratio", type=float, action="append", help="R values (default .5 .75 .9 unless --keep is given)"
+    )
     p.add_argument("--keep", type=int, action="append", default=[], help="absolute budgets (repeatable)")
     p.add_argument(
         "--strategy",
@@ -91,7 +93,7 @@ def _settings(args):
 
     return BenchSettings(
         layers=tuple(args.layer or (2,)),
-        drop_ratios=tuple(args.drop_ratio or (0.5, 0.75, 0.9)),
+        drop_ratios=tuple(args.drop_ratio or (() if args.keep else (0.5, 0.75, 0.9))),
         keeps=tuple(args.keep),
         strategies=tuple(args.strategy or ("fastv", "random")),
         pre=tuple(args.pre),
