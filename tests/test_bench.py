@@ -343,7 +343,9 @@ def test_compare_pairs_each_selection_with_fastv_at_the_same_kept_count(quick_re
         [row] = [x for x in result["rows"] if x["file"] == r["file"] and x["config"] == r["config"]]
         n_text = row["n_prompt_tokens"] - row["n_image_tokens"]
         assert r["tokens_ratio"] == pytest.approx((n_text + 16) / row["n_prompt_tokens"])
-        assert r["ratio_quotient"] == pytest.approx(row["prefill_ratio"] / r["tokens_ratio"])
+        assert r["quotient"] == pytest.approx(row["prefill_ratio"] / r["tokens_ratio"])
+        assert r["cpu_quotient"] == pytest.approx(row["prefill_cpu_ratio"] / r["tokens_ratio"])
+        assert r["ttft_cpu_vs_fastv"] > 0
         assert (
             r["fastv_config"] in ("fastv K=2 keep=16", "fastv K=2 R=0.75")
             and r["ttft_vs_fastv"] > 0
