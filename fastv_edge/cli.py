@@ -9,10 +9,12 @@ Commands:
   bench    speed, memory and fidelity of FastV vs stock across budgets and quantizations
 
 Flags mirror llama-mtmd-cli where they overlap (-m, --mmproj, --image, -p, -n, -t, -c, --temp,
---seed). Pruning: -k K (layers that see every image token), -r R (share of image tokens
-dropped) or --keep N (image tokens kept), --strategy fastv|random|none.
-Architectures FastV does not support are refused with an error; use --strategy none to run
-them on the stock llama.cpp path. Errors print one line and exit 1 (--debug: traceback).
+--seed). Pruning: --strategy fastv|random|divprune|dart|cdpruner|none, -k K (layers that see
+every image token; -k 0 selects before the LLM), -r R (share of image tokens dropped) or
+--keep N (image tokens kept), --pre STRATEGY:BUDGET (a first stage before the LLM, then FastV).
+FastV (-k >= 1) is refused on architectures the patch does not hook; selection before the LLM
+(divprune, dart, cdpruner, random with -k 0) runs on every model mtmd can encode, and --strategy
+none runs stock llama.cpp. Errors print one line and exit 1 (--debug: traceback).
 """
 
 from __future__ import annotations

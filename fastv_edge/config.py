@@ -303,9 +303,13 @@ def default_threads() -> int:
     """Physical cores this process may use (ggml's threads spin at barriers, so never more)."""
     import os
 
-    import psutil
+    try:  # optional: not a declared dependency
+        import psutil
 
-    physical = psutil.cpu_count(logical=False) or max(1, (os.cpu_count() or 2) // 2)
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        physical = None
+    physical = physical or max(1, (os.cpu_count() or 2) // 2)
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows

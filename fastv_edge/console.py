@@ -41,12 +41,18 @@ class SlowSteps:
 
 
 def format_stats(r, prune: PruneConfig) -> str:
-    """One line of request statistics from a final GenerationResponse."""
-    pruning = f"kept {r.n_kept}/{r.n_image_tokens} image tokens ({prune.describe()})"
+    """One line of request statistics from a final GenerationResponse.
+
+    The strategy shown is what the prefill ran (r.stats.strategy: 'none (no image)' for a turn
+    without an image), falling back to `prune` for responses that carry none.
+    """
+    stats = r.stats
+    strategy = getattr(stats, "strategy", None) or prune.describe()
+    pruning = f"kept {r.n_kept}/{r.n_image_tokens} image tokens ({strategy})"
     return (
-        f"[{pruning} | encode {r.encode_ms:.0f} ms | prefill {r.prefill_ms:.0f} ms "
-        f"(shallow {r.shallow_ms:.0f} + deep {r.deep_ms:.0f}) | ttft {r.ttft_ms:.0f} ms | "
-        f"{r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}]"
+        f"[{pruning} | {stats.n_cells} KV cells | encode {r.encode_ms:.0f} ms | select {stats.select_ms:.1f} ms | "
+        f"prefill {r.prefill_ms:.0f} ms (shallow {r.shallow_ms:.0f} + deep {r.deep_ms:.0f}) | "
+        f"ttft {r.ttft_ms:.0f} ms | {r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}]"
     )
 
 

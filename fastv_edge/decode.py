@@ -4,7 +4,7 @@
 subset of an image's rows: each row goes in at the position(s) mtmd gives it, M-RoPE rows with
 their four sections (section-major in the batch, as mtmd's decode_embd_batch writes them), a
 non-causal image with causal attention off for the whole block, restored on every path.
-With every row kept it decodes exactly what mtmd's helper decodes (tests/test_rows.py).
+With every row kept it decodes exactly what mtmd's helper decodes (tests/test_preselect_rows.py).
 """
 
 from __future__ import annotations

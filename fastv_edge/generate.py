@@ -170,16 +170,17 @@ def generate_step(model: Model, cache: PromptCache, sampler: LlamaSampler, batch
 
 
 def _flops_ratio(model: Model, stats: PrefillStats) -> float:
-    if not stats.pruned:
+    if stats.n_kept == stats.n_image_tokens:
         return 1.0
     return flops_ratio(
         stats.n_prompt_tokens,
         stats.n_image_tokens,
         stats.n_kept,
         n_layer=model.info.n_layer,
-        layer=stats.layer,
+        layer=stats.layer,  # 0 when only a pre-LLM selection ran
         n_embd=model.info.n_embd,
         n_ff=model.info.n_ff or 4 * model.info.n_embd,  # GGUFs without the key: the usual 4d
+        n_entered=stats.n_cells,  # text + the image rows that entered the LLM
     )
 
 

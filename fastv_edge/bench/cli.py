@@ -10,15 +10,20 @@ from pathlib import Path
 from ..config import STRATEGIES
 
 DESCRIPTION = """\
-Measure stock vs. FastV on this machine: image encode, prefill phase 1 and 2, time to first
-token, decode tok/s, peak RSS, KV cells hidden, N and kept, the FLOPs ratio of the paper's
-eq. 5, and fidelity against the unpruned run (argmax agreement, KL) for real weights.
+Measure stock vs. pruned prefill on this machine: image encode, selection time, prefill phase 1
+and 2, time to first token, decode tok/s, peak RSS, KV cells (occupied, hidden), N and kept, the
+tokens ratio and the FLOPs ratio of the paper's eq. 5, and fidelity against the unpruned run
+(argmax agreement, KL) for real weights. Strategies: fastv at each -k >= 1; divprune, dart and
+cdpruner before the LLM (K=0) with the same budgets; random at each -k (0: before the LLM);
+--pre STRATEGY:B1 adds two stages (that selection, then FastV at each -k on what it left).
 Give several -m files (quantizations of one model) sharing one --mmproj; without --mmproj a
 pseudo image of --pseudo-image-tokens embedding rows is used. Stock is always measured.
 
 examples:
   fastv-edge bench --quick --out bench-quick
   fastv-edge bench -m m-q8_0.gguf -m m-q4_k_m.gguf --mmproj mmproj.gguf -r .5 -r .75 -r .9 --reps 3
+  fastv-edge bench -m m.gguf --keep 192 --keep 64 --strategy fastv --strategy divprune --strategy dart \
+      --strategy cdpruner --pre divprune:192 -t 1 --reps 3
 """
 
 
@@ -40,14 +45,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "which $(...) would strip); default: a LLaVA-style prompt",
     )
     p.add_argument("--pseudo-image-tokens", type=int, default=576, help="rows of the pseudo image (default 576)")
-    p.add_argument("-k", "--layer", type=int, action="append", help="K values (repeatable; default 2)")
-    p.add_argument("-r", "--drop-ratio", type=float, action="append", help="R values (default .5 .75 .9)")
+    p.add_argument(
+        "-k", "--layer", type=int, action="append", help="K values (repeatable; default 2; 0: random before the LLM)"
+    )
+    p.add_argument(
+        "-r", "--drop-ratio", type=float, action="append", help="R values (default .5 .75 .9 unless --keep is given)"
+    )
     p.add_argument("--keep", type=int, action="append", default=[], help="absolute budgets (repeatable)")
     p.add_argument(
         "--strategy",
         action="append",
         choices=[s for s in STRATEGIES if s != "none"],
-        help="pruned strategies (default fastv and random; stock is always run)",
+        help="pruned strategies (repeatable; default fastv and random; stock is always run)",
+    )
+    p.add_argument(
+        "--pre",
+        action="append",
+        default=[],
+        metavar="STRATEGY:B1",
+        help="two stages: this pre-LLM selection, then FastV at each -k and budget (repeatable, e.g. divprune:192)",
     )
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds, the first is the fidelity pass (default 1)")
@@ -77,9 +93,10 @@ def _settings(args):
 
     return BenchSettings(
         layers=tuple(args.layer or (2,)),
-        drop_ratios=tuple(args.drop_ratio or (0.5, 0.75, 0.9)),
+        drop_ratios=tuple(args.drop_ratio or (() if args.keep else (0.5, 0.75, 0.9))),
         keeps=tuple(args.keep),
         strategies=tuple(args.strategy or ("fastv", "random")),
+        pre=tuple(args.pre),
         reps=args.reps,
         warmup=args.warmup,
         n_decode=args.n_decode,
