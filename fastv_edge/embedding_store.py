@@ -33,6 +33,13 @@ _LEN = struct.Struct("<I")
 _STALE_TMP_S = 3600.0  # a temporary file this old belongs to a writer that died
 
 
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # its folder is gone or not a folder: nothing to remove
+
+
 class CorruptEntry(Exception):
     """An entry file that must not be decoded; the message says what is wrong."""
 
@@ -117,7 +124,7 @@ class DiskStore:
         except CorruptEntry as e:
             message = f"embedding cache: entry {path.name} is corrupt: {e}; re-encoding the image"
             warnings.warn(message, RuntimeWarning, 3)
-            path.unlink(missing_ok=True)
+            _remove(path)
             return None
         self._touch(path)
         return rows, meta
@@ -134,7 +141,7 @@ class DiskStore:
             tmp.write_bytes(blob)
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             self.writable = False
             warnings.warn(f"embedding cache: cannot write to {self.root} ({e}); not caching on disk", RuntimeWarning, 3)
             return False
@@ -157,13 +164,13 @@ class DiskStore:
         out = []
         try:
             names = list(os.scandir(self.root))
-        except FileNotFoundError:
+        except OSError:  # not created yet, or unreadable
             return []
         for entry in names:
             if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
                 try:
                     st = entry.stat()
-                except FileNotFoundError:
+                except OSError:  # deleted meanwhile by another process
                     continue
                 out.append((Path(entry.path), st.st_size, st.st_mtime_ns))
         return sorted(out, key=lambda e: (e[2], e[0].name))
@@ -178,7 +185,7 @@ class DiskStore:
                 break
             if path == keep:
                 continue
-            path.unlink(missing_ok=True)
+            _remove(path)
             total -= size
             n += 1
         return n
