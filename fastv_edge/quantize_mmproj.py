@@ -39,6 +39,12 @@ MMPROJ_TYPES = {
 }
 
 
+# Weights mtmd multiplies transposed (ggml_cont(ggml_transpose(w)), tools/mtmd/models/siglip.cpp): ggml
+# cannot transpose a quantized tensor element-wise, so llama.cpp's quantizer, which does not know, gives a
+# Gemma 3 projector whose rows are noise (cosine ~0.2 to the source). These keep the source's type.
+KEEP_SOURCE_TYPE = {"gemma3": ("mm.input_projection.weight",)}
+
+
 @dataclass
 class QuantizeReport:
     """What quantizing a projector gave: sizes, and on one photo encode times and cosines."""
@@ -100,7 +106,7 @@ def quantize_mmproj(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, 
         raise ValueError(f"--type must be one of {', '.join(MMPROJ_TYPES)}, got {qtype!r}")
     if n_threads < 1:
         raise ValueError(f"threads must be >= 1, got {n_threads}")
-    read_mmproj_info(src)  # a clear error for a missing, damaged or non-mmproj file
+    info = read_mmproj_info(src)  # a clear error for a missing, damaged or non-mmproj file
     src, dst = Path(src), Path(dst)
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"the output {dst} is the input; give another path")
@@ -115,8 +121,44 @@ def quantize_mmproj(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, 
     if rc != 0:
         tmp.unlink(missing_ok=True)
         raise ModelLoadError(f"llama_model_quantize failed on {src} (code {rc}); run with --verbose for its log")
-    os.replace(tmp, dst)
+    keep = KEEP_SOURCE_TYPE.get(info.projector_type, ())
+    try:
+        if keep:
+            _restore_tensors(src, tmp, keep)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dst
+
+
+def _restore_tensors(src: Path, path: Path, names: tuple[str, ...]) -> None:
+    """Rewrite the quantized file at `path` with the tensors `names` copied from `src` as they are there."""
+    import gguf
+
+    source = {t.name: t for t in gguf.GGUFReader(src).tensors}
+    reader = gguf.GGUFReader(path)
+    out = path.with_name(path.name + ".restored")
+    writer = gguf.GGUFWriter(str(out), arch=str(reader.fields["general.architecture"].contents()))
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub_type)
+    tensors = [source[t.name] if t.name in names else t for t in reader.tensors]
+    for t in tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    try:
+        for t in tensors:
+            writer.write_tensor_data(t.data)
+        writer.close()
+        del reader, source  # their memory maps, before the rename
+        os.replace(out, path)
+    finally:
+        out.unlink(missing_ok=True)
 
 
 def measure(src, dst, image, *, n_threads: int = 1, reps: int = 3) -> dict:
