@@ -82,7 +82,9 @@ class QuantizeReport:
         return asdict(self)
 
 
-def quantize_mmproj(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, *, n_threads: int = 1) -> Path:
+def quantize_mmproj(
+    src: str | os.PathLike, dst: str | os.PathLike, qtype: str, *, n_threads: int = 1, verbose: bool = False
+) -> Path:
     """Quantize an mmproj with llama_model_quantize; the output appears atomically.
 
     Args:
@@ -90,6 +92,7 @@ def quantize_mmproj(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, 
         dst: the output path (not src).
         qtype: a key of MMPROJ_TYPES.
         n_threads: quantizer threads.
+        verbose: show llama.cpp's log (one line per tensor).
 
     Returns:
         dst.
@@ -99,9 +102,11 @@ def quantize_mmproj(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, 
         ModelLoadError: src is not an mmproj, or llama.cpp failed.
     """
     import llama_cpp
+    from llama_cpp import _logger
 
     from .model import read_mmproj_info
 
+    _logger.set_verbose(verbose)  # as Llama(verbose=...) sets it: llama.cpp's and mtmd's logs
     if qtype not in MMPROJ_TYPES:
         raise ValueError(f"--type must be one of {', '.join(MMPROJ_TYPES)}, got {qtype!r}")
     if n_threads < 1:
@@ -161,21 +166,27 @@ def _restore_tensors(src: Path, path: Path, names: tuple[str, ...]) -> None:
         out.unlink(missing_ok=True)
 
 
-def measure(src, dst, image, *, n_threads: int = 1, reps: int = 3) -> dict:
-    """Encode `image` with both projectors, alternating; medians of `reps` timed rounds after one warm-up.
+def measure(
+    src, dsts, image, *, n_threads: int = 1, reps: int = 3, image_max_tokens: int | None = None, verbose: bool = False
+) -> list[dict]:
+    """Encode `image` with the source and each quantized projector, rotating their order every round.
 
     Args:
         src: the source mmproj.
-        dst: the quantized mmproj.
+        dsts: quantized mmprojs of it.
         image: an RGBImage.
         n_threads: encoder threads.
-        reps: timed rounds.
+        reps: timed rounds, after one untimed warm-up round.
+        image_max_tokens: mtmd's cap on the image's tokens (dynamic-resolution projectors).
+        verbose: show llama.cpp's and mtmd's logs.
 
     Returns:
-        n_tokens, encode_ms_in, encode_ms_out, cosine_mean, cosine_min.
+        Per dst: n_tokens, encode_ms_in, encode_ms_out (medians), cosine_mean, cosine_min.
     """
     import llama_cpp
+    from llama_cpp import _logger
 
+    _logger.set_verbose(verbose)
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     n_embd = _n_embd_out(src)
@@ -187,41 +198,47 @@ def measure(src, dst, image, *, n_threads: int = 1, reps: int = 3) -> dict:
         if not text_model:
             raise ModelLoadError("llama.cpp could not load the stand-in text model")
         try:
-            return _measure(text_model, n_embd, [src, dst], image, n_threads, reps)
+            times, rows, n_tokens = _measure(text_model, n_embd, [src, *dsts], image, n_threads, reps, image_max_tokens)
         finally:
             llama_cpp.llama_model_free(text_model)
+    out = []
+    for i in range(1, len(rows)):
+        cos = _row_cosines(rows[0], rows[i])
+        out.append(
+            {
+                "n_tokens": n_tokens,
+                "encode_ms_in": statistics.median(times[0]),
+                "encode_ms_out": statistics.median(times[i]),
+                "cosine_mean": float(cos.mean()),
+                "cosine_min": float(cos.min()),
+            }
+        )
+    return out
 
 
-def _measure(text_model, n_embd: int, paths, image, n_threads: int, reps: int) -> dict:
+def _measure(text_model, n_embd: int, paths, image, n_threads: int, reps: int, max_tokens: int | None):
     from .model import _mtmd_free, open_mtmd
     from .prompt import tokenize
 
     ctxs, prompts = [], []
+    options = dict(n_threads=n_threads, use_gpu=False, flash_attn=False, verbose=False, image_max_tokens=max_tokens)
     try:
         for path in paths:
-            ctxs.append(
-                open_mtmd(text_model, str(path), n_threads=n_threads, use_gpu=False, flash_attn=False, verbose=False)
-            )
+            ctxs.append(open_mtmd(text_model, str(path), **options))
             prompts.append(tokenize(None, ctxs[-1], _marker(), [image], add_special=False))
         pieces = [p.images[0] for p in prompts]
-        if pieces[0].n_tokens != pieces[1].n_tokens:
-            raise ModelLoadError(f"the projectors give {pieces[0].n_tokens} and {pieces[1].n_tokens} tokens")
-        times: list[list[float]] = [[], []]
-        rows = [None, None]
+        if len({p.n_tokens for p in pieces}) != 1:
+            raise ModelLoadError(f"the projectors give {[p.n_tokens for p in pieces]} tokens for one image")
+        n = len(paths)
+        times: list[list[float]] = [[] for _ in range(n)]
+        rows: list[np.ndarray | None] = [None] * n
         for rnd in range(reps + 1):
-            for i in (0, 1) if rnd % 2 == 0 else (1, 0):  # alternate which goes first
+            for i in [(rnd + j) % n for j in range(n)]:  # each configuration goes first in turn
                 t0 = time.perf_counter()
                 rows[i] = _encode(ctxs[i], pieces[i], n_embd)  # (n_tokens, n_embd)
                 if rnd:
                     times[i].append((time.perf_counter() - t0) * 1e3)
-        cos = _row_cosines(rows[0], rows[1])
-        return {
-            "n_tokens": pieces[0].n_tokens,
-            "encode_ms_in": statistics.median(times[0]),
-            "encode_ms_out": statistics.median(times[1]),
-            "cosine_mean": float(cos.mean()),
-            "cosine_min": float(cos.min()),
-        }
+        return times, rows, pieces[0].n_tokens
     finally:
         for prompt in prompts:
             prompt.close()
@@ -323,14 +340,11 @@ def run(src, dst, qtype: str, *, image=None, n_threads: int = 1, reps: int = 3, 
     Returns:
         A QuantizeReport.
     """
-    from llama_cpp import _logger
-
-    _logger.set_verbose(verbose)  # llama.cpp's and mtmd's logs, as Llama(verbose=...) sets them
-    quantize_mmproj(src, dst, qtype, n_threads=n_threads)
+    quantize_mmproj(src, dst, qtype, n_threads=n_threads, verbose=verbose)
     report = QuantizeReport(str(src), str(dst), qtype, Path(src).stat().st_size, Path(dst).stat().st_size)
     if measure_it:
         image = image if image is not None else default_photo()
-        result = measure(src, dst, image, n_threads=n_threads, reps=reps)
+        (result,) = measure(src, [dst], image, n_threads=n_threads, reps=reps, verbose=verbose)
         report.image, report.n_threads = image.name, n_threads
         for key, value in result.items():
             setattr(report, key, value)

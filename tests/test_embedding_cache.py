@@ -409,3 +409,31 @@ def test_cache_info_and_clear(load_tiny, photos, tmp_path, capsys):
     assert "deleted 2 entries" in capsys.readouterr().out
     assert main(["cache", "info", "--dir", folder]) == 0
     assert ": 0 entries" in capsys.readouterr().out
+
+
+@pytest.mark.native
+def test_the_chat_handler_encodes_a_resent_image_once(tiny, photos, tmp_path, monkeypatch):
+    from llama_cpp import Llama
+
+    import fastv_edge as fe
+
+    monkeypatch.setenv(ENV_DIR, str(tmp_path))  # not the session's folder: other tests sent this image
+
+    def ask(handler):
+        llm.chat_handler = handler
+        image = {"type": "image_url", "image_url": {"url": photos["chelsea"].as_uri()}}
+        messages = [{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}]
+        llm.create_chat_completion(messages=messages, max_tokens=2, temperature=0.0)
+        return handler.last_stats.images[0]
+
+    llm = Llama(str(tiny.llama_path), n_ctx=1024, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        cached = fe.FastVChatHandler(str(tiny.mmproj_path), prune=fe.PruneConfig(strategy="none"), verbose=False)
+        first, second = ask(cached), ask(cached)  # a chat re-sends its image with every request
+        assert (first.cached, second.cached) == (False, True)
+        plain = fe.FastVChatHandler(
+            str(tiny.mmproj_path), prune=fe.PruneConfig(strategy="none"), verbose=False, embedding_cache=False
+        )
+        assert not ask(plain).cached and not ask(plain).cached
+    finally:
+        llm.close()
