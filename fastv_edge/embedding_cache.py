@@ -8,10 +8,11 @@
 Key ingredients (EncoderKeys.key), hashed together with blake2b:
 - the image: a digest of its decoded RGB bytes and size (pixel_digest), so the same picture from
   a path, a data: URI or bytes hits, and an edited one does not;
-- the mmproj: a blake2b digest of the whole file. It is computed once per file version (about
-  0.6 s per GB here) and remembered by (path, device, inode, size, mtime) in this process and in
-  the cache folder, so later loads pay nothing. A path + mtime key alone would miss for a copy
-  of the same file and could hit for a file rewritten in place within one mtime tick;
+- the mmproj: a blake2b digest of the whole file. It is computed on the first image a file
+  version meets (about 1.5 s of CPU per GiB on this project's machine) and remembered by (path,
+  device, inode, size, mtime) in this process and in the cache folder, so later loads and
+  processes pay nothing. A path + mtime key alone would miss for a copy of the same file and
+  could hit for a file rewritten in place within one mtime tick;
 - the preprocessing: the image-token caps (when the projector honours them), flash attention and
   the GPU switch (they change the rows' rounding);
 - the library: the native build's key (native_info: the llama.cpp source, patches and CPU flags).

@@ -230,3 +230,11 @@ def test_run_explains_an_ignored_cap(tiny, photos, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing left for Python's own warning printer
         assert main([str(a) for a in [*argv, "-n", "1", "-t", "1", "--raw", "--quiet"]]) == 0
+
+
+@pytest.mark.native
+def test_info_says_whether_caps_apply(pairs):
+    from fastv_edge.info import model_report
+
+    assert model_report(*pairs["mlp"])["image_token_caps"].startswith("ignored (fixed resolution)")
+    assert model_report(*pairs["qwen2vl_merger"])["image_token_caps"].startswith("honoured")
