@@ -200,13 +200,15 @@ def check_supported(architecture: str, n_layer: int, prune: PruneConfig) -> None
 
 
 class _MtmdHandle:
-    """A model's mtmd context: freed once when the model closes, replaced by set_image_tokens."""
+    """A model's mtmd context and the encoder threads it was opened with: freed once when the
+    model closes, replaced by set_image_tokens."""
 
-    def __init__(self, ptr):
+    def __init__(self, ptr, n_threads: int):
         self.ptr = ptr
+        self.n_threads = n_threads
 
-    def replace(self, ptr) -> None:
-        old, self.ptr = self.ptr, ptr
+    def replace(self, ptr, n_threads: int) -> None:
+        old, self.ptr, self.n_threads = self.ptr, ptr, n_threads
         _mtmd_free(old)
 
     def close(self) -> None:
@@ -273,7 +275,7 @@ class Model:
         """The thread counts in use: read back from the llama context, and the encoder's as given to mtmd."""
         import llama_cpp
 
-        encoder = self.runtime.threads if self._mtmd is not None else None
+        encoder = self._mtmd.n_threads if self._mtmd is not None else None
         return ThreadCounts(llama_cpp.llama_n_threads(self.ctx), llama_cpp.llama_n_threads_batch(self.ctx), encoder)
 
     @property
@@ -310,7 +312,8 @@ class Model:
         if message:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         if self.image_tokens_honoured:
-            self._mtmd.replace(open_mtmd(self.llm.model, self.mmproj.path, **mtmd_options(runtime)))
+            options = mtmd_options(runtime)
+            self._mtmd.replace(open_mtmd(self.llm.model, self.mmproj.path, **options), options["n_threads"])
         self.runtime = runtime
         self.encoder = self._image_encoder()
 
@@ -495,7 +498,8 @@ def load(
         info = _model_info(model_path, {**llm.metadata, **head})
         mtmd = None
         if mmproj_path:
-            mtmd = _MtmdHandle(open_mtmd(llm.model, mmproj_path, **mtmd_options(runtime)))
+            options = mtmd_options(runtime)
+            mtmd = _MtmdHandle(open_mtmd(llm.model, mmproj_path, **options), options["n_threads"])
             stack.callback(mtmd.close)
     except BaseException:
         stack.close()
