@@ -40,8 +40,8 @@ class SlowSteps:
                 print(f"{message}: done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
 
 
-def format_stats(r, prune: PruneConfig) -> str:
-    """One line of request statistics from a final GenerationResponse.
+def format_stats(r, prune: PruneConfig, threads=None) -> str:
+    """One line of request statistics from a final GenerationResponse (and the model's ThreadCounts).
 
     The strategy shown is what the prefill ran (r.stats.strategy: 'none (no image)' for a turn
     without an image), falling back to `prune` for responses that carry none.
@@ -49,11 +49,20 @@ def format_stats(r, prune: PruneConfig) -> str:
     stats = r.stats
     strategy = getattr(stats, "strategy", None) or prune.describe()
     pruning = f"kept {r.n_kept}/{r.n_image_tokens} image tokens ({strategy})"
+    images = "".join(f" | {format_image(i, img)}" for i, img in enumerate(stats.images, 1))
     return (
-        f"[{pruning} | {stats.n_cells} KV cells | encode {r.encode_ms:.0f} ms | select {stats.select_ms:.1f} ms | "
+        f"[{pruning}{images} | {stats.n_cells} KV cells | encode {r.encode_ms:.0f} ms | "
+        f"select {stats.select_ms:.1f} ms | "
         f"prefill {r.prefill_ms:.0f} ms (shallow {r.shallow_ms:.0f} + deep {r.deep_ms:.0f}) | "
-        f"ttft {r.ttft_ms:.0f} ms | {r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}]"
+        f"ttft {r.ttft_ms:.0f} ms | {r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}"
+        f"{' | ' + threads.describe() if threads is not None else ''}]"
     )
+
+
+def format_image(index: int, img) -> str:
+    """'image 1: 36x27 grid, 972 tokens, cached' from an ImageStats."""
+    grid = f"{img.grid[0]}x{img.grid[1]} grid, " if img.grid else ""
+    return f"image {index}: {grid}{img.n_tokens} tokens{', cached' if img.cached else ''}"
 
 
 def warn(message: str) -> None:
