@@ -6,7 +6,7 @@ dynamic-size preprocessor (mtmd-image.cpp, calc_size_preserved_ratio, "smart_res
 transformers): with align = patch_size * spatial_merge,
 
     w = max(align, round(W / align) align), h likewise                   (aspect kept, aligned)
-    if w h > max_tokens align^2:   beta = sqrt(H W / (max_tokens align^2)), w = max(align, floor(W / beta / align) align)
+    if w h > max_tokens align^2:  beta = sqrt(H W / (max_tokens align^2)), w = max(align, floor(W / beta / align) align)
     elif w h < min_tokens align^2: beta = sqrt(min_tokens align^2 / (H W)), w = ceil(W beta / align) align
     tokens = (w / align) (h / align)
 
