@@ -1,6 +1,7 @@
 """What a request's first token costs on this machine: the fitted model the TTFT planner predicts with.
 
     TTFT = request_fixed                              tokenize, sampler, first token
+         + preprocess_ms_per_mpixel * megapixels      mtmd's resize of the input images
          + sum over images: encode(patches_i)         vision encoder (cached image: cached_image_ms)
          + select(strategy, N_i, B1_i)                pre-LLM selection, outside llama.cpp
          + prefill                                    the LLM, one of:
@@ -76,6 +77,7 @@ class CostModel:
     encode: EncodeCost
     select: dict[str, SelectCost]
     request_fixed_ms: float = 0.0
+    preprocess_ms_per_mpixel: float = 0.0
     cached_image_ms: float = 0.0
     meta: dict = field(default_factory=dict)  # what was measured, where, and how well the fit matches
 
@@ -128,6 +130,7 @@ _SCALARS = (
     "shallow_fixed_ms",
     "deep_fixed_ms",
     "request_fixed_ms",
+    "preprocess_ms_per_mpixel",
     "cached_image_ms",
 )
 

@@ -91,6 +91,7 @@ class Request:
     options: tuple[CapOption, ...]
     n_past: int = 0
     n_ctx: int | None = None  # refuse plans whose cells do not fit (None: no limit)
+    n_pixels: int = 0  # pixels of the input images (mtmd resizes them: part of the fixed cost)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ def predict(cost: CostModel, req: Request, opt: CapOption, family: str, b1: int,
         prefill = shallow + deep
     else:
         prefill = cost.prefill_ms(n_in, req.n_past)
-    parts = {"fixed": cost.request_fixed_ms, "encode": encode, "select": select, "prefill": prefill}
+    fixed = cost.request_fixed_ms + cost.preprocess_ms_per_mpixel * req.n_pixels / 1e6
+    parts = {"fixed": fixed, "encode": encode, "select": select, "prefill": prefill}
     uses_k = family == "fastv" or main == "fastv"
     return Plan(family, opt.cap, opt.n_image, b1, b2, layer if uses_k else 0, sum(parts.values()), parts)
 
