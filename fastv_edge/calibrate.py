@@ -80,7 +80,6 @@ def measure_encode(model, progress: Progress) -> tuple[list[int], list[float], o
         (token counts, ms, the resize rule or None).
     """
     from .bench.workload import synthetic_picture
-
     from .gguf_header import read_header
 
     header = read_header(model.mmproj.path)
@@ -214,11 +213,10 @@ def measure_request(model, rule) -> tuple[float, float]:
     from .generate import stream_generate
 
     small = synthetic_picture(7, 64, 48) if rule is None else synthetic_picture(7, 4 * rule.align, 4 * rule.align)
-    last = None
-    for last in stream_generate(
+    stream = stream_generate(
         model, "Describe it.", [small], prune=PruneConfig(strategy="none"), max_tokens=1, apply_template=False
-    ):
-        pass
+    )
+    last = list(stream)[-1]
     _clear(model)
     parts = last.encode_ms + last.stats.select_ms + last.prefill_ms
     fixed = max(last.ttft_ms - parts, 0.0)
