@@ -77,7 +77,7 @@ class ChatLoop:
         context = f"[context {s.n_used}/{s.model.n_ctx} tokens]"
         if self.last is None:
             return f"[no answer yet] {context}"
-        return f"{format_stats(self.last, s.prune)}\n{self.totals.describe()} {context}"
+        return f"{format_stats(self.last, s.prune, s.model.threads)}\n{self.totals.describe()} {context}"
 
     def command(self, line: str) -> bool:
         """Run a /command; returns False when the loop should end."""

@@ -8,6 +8,7 @@ call to load and generate: the native one, or a fake in the tests.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,13 +27,36 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "-t",
         "--threads",
         type=int,
-        help="CPU threads, prompt and decode (default: half the cores to decode, all for the prompt)",
+        help="CPU threads of decode, prompt (batch) and the vision encoder alike (default: the physical cores)",
     )
     p.add_argument("-b", "--batch-size", type=int, default=512, help="logical batch size (default 512)")
     p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch size (default 512)")
     p.add_argument("-fa", "--flash-attn", action="store_true", help="use flash attention")
     p.add_argument("--chat-template", help="chat template name (see fastv_edge/data/templates) or .jinja file")
+    add_image_token_args(p)
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="encode every image: neither read nor write the image-embedding cache (see `fastv-edge cache info`)",
+    )
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def add_image_token_args(p: argparse.ArgumentParser) -> None:
+    """--image-max-tokens and --image-min-tokens (run, chat and bench)."""
+    p.add_argument(
+        "--image-max-tokens",
+        type=int,
+        metavar="N",
+        help="at most N tokens per image: mtmd downscales larger images (dynamic-resolution projectors such as "
+        "Qwen2/2.5/3-VL; fixed-resolution ones like LLaVA-1.5 and Gemma 3 ignore it, with a warning)",
+    )
+    p.add_argument(
+        "--image-min-tokens",
+        type=int,
+        metavar="N",
+        help="at least N tokens per image: mtmd upscales smaller images (dynamic-resolution projectors only)",
+    )
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +130,7 @@ def ignored_prune_flags(args) -> list[str]:
 
 
 def runtime_from_args(args) -> RuntimeConfig:
-    """RuntimeConfig from -c/-t/-b/-ub/-fa/--verbose."""
+    """RuntimeConfig from -c/-t/-b/-ub/-fa/--verbose/--image-min-tokens/--image-max-tokens/--no-cache."""
     return RuntimeConfig(
         n_ctx=args.ctx_size,
         n_threads=args.threads,
@@ -114,6 +138,9 @@ def runtime_from_args(args) -> RuntimeConfig:
         n_ubatch=args.ubatch_size,
         flash_attn=args.flash_attn,
         verbose=args.verbose,
+        image_min_tokens=getattr(args, "image_min_tokens", None),
+        image_max_tokens=getattr(args, "image_max_tokens", None),
+        embedding_cache=not getattr(args, "no_cache", False),
     )
 
 
@@ -176,10 +203,13 @@ def load_from_args(args, steps, backend: Backend):
     ignored = ignored_prune_flags(args)
     if ignored and not args.quiet:
         warn(f"{' and '.join(ignored)} ignored: --strategy none runs stock llama.cpp, which prunes nothing")
-    with steps(f"loading {args.model}"):
-        model = backend.load(
-            args.model, args.mmproj, runtime=runtime_from_args(args), prune=prune, template=args.chat_template
-        )
+    runtime = runtime_from_args(args)
+    with steps(f"loading {args.model}"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # e.g. an image-token cap the projector ignores: one line, not a traceback
+        model = backend.load(args.model, args.mmproj, runtime=runtime, prune=prune, template=args.chat_template)
+    if not args.quiet:
+        for w in caught:
+            warn(str(w.message))
     if model.n_ctx != args.ctx_size and not args.quiet:
         warn(f"llama.cpp rounded the context size -c {args.ctx_size} to {model.n_ctx} tokens")
     return model

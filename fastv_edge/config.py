@@ -3,7 +3,8 @@
 PruneConfig  - which image tokens the LLM sees: FastV (arXiv 2403.06764) at layer K, a
                selection from the image embeddings before the LLM (DivPrune, DART, CDPruner,
                random), or both in two stages (PreSelect then FastV).
-RuntimeConfig - the llama.cpp context: n_ctx, threads, batch sizes, flash attention.
+RuntimeConfig - the llama.cpp context: n_ctx, threads, batch sizes, flash attention; mtmd's
+               image-token limits and the image-embedding cache.
 SamplingConfig - how the next token is chosen.
 
 Each class checks its own fields in __post_init__ and raises ValueError with the value.
@@ -259,6 +260,12 @@ class RuntimeConfig:
     flash_attn: bool = False
     n_gpu_layers: int = 0
     verbose: bool = False
+    # mtmd's bounds on the tokens of one image (dynamic-resolution projectors resize the image to
+    # fit; fixed-resolution ones ignore them, see Model.image_tokens_honoured); None: the projector's own
+    image_min_tokens: int | None = None
+    image_max_tokens: int | None = None
+    embedding_cache: bool = True  # reuse an image's embeddings: per model in memory and on disk (embedding_cache.py)
+    embedding_cache_dir: str | None = None  # None: $FASTV_EDGE_EMBEDDING_CACHE, else ~/.cache/fastv-edge/embeddings
 
     def __post_init__(self):
         for name in ("n_ctx", "n_batch", "n_ubatch"):
@@ -269,11 +276,31 @@ class RuntimeConfig:
             raise ValueError(f"n_threads must be an integer >= 1 or None, got {self.n_threads!r}")
         if not _is_int(self.n_gpu_layers):
             raise ValueError(f"n_gpu_layers must be an integer, got {self.n_gpu_layers!r}")
+        check_image_tokens(self.image_min_tokens, self.image_max_tokens)
+        if not isinstance(self.embedding_cache, bool):
+            raise ValueError(f"embedding_cache must be True or False, got {self.embedding_cache!r}")
 
     @property
     def threads(self) -> int:
         """The thread count llama.cpp and mtmd get: n_threads, or default_threads()."""
         return self.n_threads if self.n_threads is not None else default_threads()
+
+
+MAX_IMAGE_TOKENS = 16384  # above any projector's default (Qwen-VL: 4096); more would exhaust memory in the ViT
+
+
+def check_image_tokens(min_tokens: int | None, max_tokens: int | None) -> None:
+    """Raise ValueError unless each limit is None or an integer in [1, MAX_IMAGE_TOKENS] and min <= max.
+
+    Args:
+        min_tokens: image_min_tokens (mtmd upscales smaller images to it).
+        max_tokens: image_max_tokens (mtmd downscales larger images to it).
+    """
+    for name, value in (("image_min_tokens", min_tokens), ("image_max_tokens", max_tokens)):
+        if value is not None and (not _is_int(value) or not 1 <= value <= MAX_IMAGE_TOKENS):
+            raise ValueError(f"{name} must be an integer in [1, {MAX_IMAGE_TOKENS}] or None, got {value!r}")
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        raise ValueError(f"image_min_tokens={min_tokens} is above image_max_tokens={max_tokens}; give min <= max")
 
 
 def default_threads() -> int:

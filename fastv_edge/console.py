@@ -40,14 +40,22 @@ class SlowSteps:
                 print(f"{message}: done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
 
 
-def format_stats(r, prune: PruneConfig) -> str:
-    """One line of request statistics from a final GenerationResponse."""
+def format_stats(r, prune: PruneConfig, threads=None) -> str:
+    """One line of request statistics from a final GenerationResponse (and the model's ThreadCounts)."""
     pruning = f"kept {r.n_kept}/{r.n_image_tokens} image tokens ({prune.describe()})"
+    images = "".join(f" | {format_image(i, img)}" for i, img in enumerate(r.stats.images, 1))
     return (
-        f"[{pruning} | encode {r.encode_ms:.0f} ms | prefill {r.prefill_ms:.0f} ms "
+        f"[{pruning}{images} | encode {r.encode_ms:.0f} ms | prefill {r.prefill_ms:.0f} ms "
         f"(shallow {r.shallow_ms:.0f} + deep {r.deep_ms:.0f}) | ttft {r.ttft_ms:.0f} ms | "
-        f"{r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}]"
+        f"{r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}"
+        f"{' | ' + threads.describe() if threads is not None else ''}]"
     )
+
+
+def format_image(index: int, img) -> str:
+    """'image 1: 36x27 grid, 972 tokens, cached' from an ImageStats."""
+    grid = f"{img.grid[0]}x{img.grid[1]} grid, " if img.grid else ""
+    return f"image {index}: {grid}{img.n_tokens} tokens{', cached' if img.cached else ''}"
 
 
 def warn(message: str) -> None:

@@ -28,6 +28,7 @@ from llama_cpp import llama_grammar
 from .config import PruneConfig
 from .encoder import ImageEncoder
 from .generate import chat_text
+from .image_tokens import caps_honoured
 from .images import load_image
 from .model import check_supported, open_mtmd, read_mmproj_info
 from .prefill import PrefillStats, Target, check_fits, prefill
@@ -68,6 +69,8 @@ class FastVChatHandler(lcf.MTMDChatHandler):
             GGUF's template, else the matching preset's).
         verbose: print the rendered prompt and llama.cpp's log, like the stock handlers.
         use_gpu: run the vision encoder on the GPU when there is one.
+        embedding_cache: reuse the embeddings of an image seen before (a chat re-sends its images
+            with every request): in memory for this handler and on disk (fastv_edge.embedding_cache).
     """
 
     def __init__(
@@ -78,13 +81,15 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         template: str | None = None,
         verbose: bool = True,
         use_gpu: bool = True,
+        embedding_cache: bool = True,
     ):
-        read_mmproj_info(clip_model_path)  # ModelLoadError now, not a NULL from mtmd later
+        self._mmproj = read_mmproj_info(clip_model_path)  # ModelLoadError now, not a NULL from mtmd later
         super().__init__(clip_model_path, verbose=verbose, use_gpu=use_gpu)
         self.prune = prune or PruneConfig()
         self.template = template
         self.last_stats: PrefillStats | None = None  # statistics of the last prefill
         self._encoder: ImageEncoder | None = None
+        self._embedding_cache = embedding_cache
         self._token_embeddings = None  # opened on the first CDPruner request
 
     def _init_mtmd_context(self, llama_model) -> None:
@@ -92,15 +97,16 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         # stderr; ours keeps this handler's verbose and routes mtmd's log like llama.cpp's
         if self.mtmd_ctx is not None:
             return
+        flash_attn = llama_model.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.mtmd_ctx = open_mtmd(
             llama_model.model,
             self.clip_model_path,
             n_threads=llama_model.n_threads,
             use_gpu=self.use_gpu,
-            flash_attn=llama_model.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            flash_attn=flash_attn,
             verbose=self.verbose,
         )
-        self._encoder = ImageEncoder(self.mtmd_ctx, llama_model.model)
+        self._encoder = self._image_encoder(llama_model, flash_attn)
 
         def free() -> None:
             if self.mtmd_ctx is not None:
@@ -108,6 +114,18 @@ class FastVChatHandler(lcf.MTMDChatHandler):
                 self.mtmd_ctx = None
 
         llama_model._stack.callback(free)
+
+    def _image_encoder(self, llama_model, flash_attn: bool) -> ImageEncoder:
+        fixed = not caps_honoured(self._mmproj.projector_type)
+        if not self._embedding_cache:
+            return ImageEncoder(self.mtmd_ctx, llama_model.model, fixed_resolution=fixed)
+        from .config import RuntimeConfig
+        from .embedding_cache import EmbeddingCache, EncoderKeys, preprocessing
+
+        cache = EmbeddingCache()
+        runtime = RuntimeConfig(flash_attn=flash_attn, n_gpu_layers=1 if self.use_gpu else 0)
+        keys = EncoderKeys(self.clip_model_path, preprocessing(runtime, not fixed), cache.memo_dir)
+        return ImageEncoder(self.mtmd_ctx, llama_model.model, cache=cache, keys=keys, fixed_resolution=fixed)
 
     def load_image(self, image_url: str) -> bytes:
         """Accepts file:// URLs, data: URIs, local paths and http(s) URLs."""

@@ -19,16 +19,20 @@ report savings that never happened.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PruneConfig, RuntimeConfig
+from .config import PruneConfig, RuntimeConfig, check_image_tokens
 from .errors import ModelLoadError, UnsupportedModelError
 from .gguf_header import FILE_TYPES, GGUFFormatError, GGUFHeader, read_header
 from .gguf_header import MAGIC as GGUF_MAGIC
+from .image_tokens import caps_honoured, ignored_caps_message
+from .response import ThreadCounts
 
 # Architectures whose layer loop the FastV patch hooks (llama_context::fastv_arch_supported,
 # see patches/); llama_fastv_begin returns -2 for the others.
@@ -195,6 +199,22 @@ def check_supported(architecture: str, n_layer: int, prune: PruneConfig) -> None
     prune.check_layer(n_layer)
 
 
+class _MtmdHandle:
+    """A model's mtmd context: freed once when the model closes, replaced by set_image_tokens."""
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def replace(self, ptr) -> None:
+        old, self.ptr = self.ptr, ptr
+        _mtmd_free(old)
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            _mtmd_free(self.ptr)
+            self.ptr = None
+
+
 class Model:
     """A loaded text model + optional mmproj, the default pruning, and the chat template.
 
@@ -204,7 +224,7 @@ class Model:
     def __init__(
         self,
         llm,
-        mtmd_ctx,
+        mtmd: _MtmdHandle | None,
         info: ModelInfo,
         mmproj: MmprojInfo | None,
         runtime: RuntimeConfig,
@@ -213,19 +233,86 @@ class Model:
         template_origin: str,
         stack: ExitStack,
     ):
-        from .encoder import ImageEncoder
-
         self.llm = llm  # llama_cpp.Llama: tokenizer, context, sampler pieces
-        self.mtmd_ctx = mtmd_ctx  # mtmd_context_p or None (text only)
+        self._mtmd = mtmd
         self.info = info
         self.mmproj = mmproj
         self.runtime = runtime
         self.prune = prune
         self.template = template
         self.template_origin = template_origin
-        self.encoder = ImageEncoder(mtmd_ctx, llm.model) if mtmd_ctx is not None else None
+        self.embedding_cache = None  # an EmbeddingCache when runtime.embedding_cache and an mmproj
+        if mtmd is not None and runtime.embedding_cache:
+            from .embedding_cache import EmbeddingCache
+
+            self.embedding_cache = EmbeddingCache(runtime.embedding_cache_dir)
+        self.encoder = self._image_encoder()
         self._token_embeddings = None  # opened on the first CDPruner request
         self._stack = stack
+
+    @property
+    def mtmd_ctx(self):
+        """The mtmd_context pointer, or None (text only)."""
+        return self._mtmd.ptr if self._mtmd is not None else None
+
+    def _image_encoder(self):
+        from .embedding_cache import EncoderKeys, preprocessing
+        from .encoder import ImageEncoder
+
+        if self._mtmd is None:
+            return None
+        keys = None
+        if self.embedding_cache is not None:
+            prep = preprocessing(self.runtime, self.image_tokens_honoured)
+            keys = EncoderKeys(self.mmproj.path, prep, self.embedding_cache.memo_dir)
+        cache, fixed = self.embedding_cache, not self.image_tokens_honoured
+        return ImageEncoder(self.mtmd_ctx, self.llm.model, cache=cache, keys=keys, fixed_resolution=fixed)
+
+    @property
+    def threads(self) -> ThreadCounts:
+        """The thread counts in use: read back from the llama context, and the encoder's as given to mtmd."""
+        import llama_cpp
+
+        encoder = self.runtime.threads if self._mtmd is not None else None
+        return ThreadCounts(llama_cpp.llama_n_threads(self.ctx), llama_cpp.llama_n_threads_batch(self.ctx), encoder)
+
+    @property
+    def image_tokens_honoured(self) -> bool:
+        """True when image_min_tokens / image_max_tokens change this model's image token counts.
+
+        False for fixed-resolution projectors (LLaVA-1.5's mlp, Gemma 3) and without an mmproj;
+        the projector types that honour them are image_tokens.IMAGE_TOKEN_CAP_PROJECTORS.
+        """
+        return self.mmproj is not None and caps_honoured(self.mmproj.projector_type)
+
+    def set_image_tokens(self, min_tokens: int | None = None, max_tokens: int | None = None) -> None:
+        """Set mtmd's bounds on the tokens of one image (None: the projector's own).
+
+        Re-opens the mtmd context when the bounds change and the projector honours them, so one
+        loaded LLM can try several caps; prompts tokenized before the call must not be used after.
+        On a projector that ignores them a RuntimeWarning says so and nothing is re-opened.
+
+        Args:
+            min_tokens: image_min_tokens (smaller images are upscaled to it).
+            max_tokens: image_max_tokens (larger images are downscaled to it).
+
+        Raises:
+            ValueError: a bound outside [1, MAX_IMAGE_TOKENS], min > max, or no mmproj loaded.
+            ModelLoadError: mtmd could not re-open the mmproj (the previous context stays in use).
+        """
+        check_image_tokens(min_tokens, max_tokens)
+        if self._mtmd is None:
+            raise ValueError("this model was loaded without an mmproj; it has no image tokens to limit (pass --mmproj)")
+        if (min_tokens, max_tokens) == (self.runtime.image_min_tokens, self.runtime.image_max_tokens):
+            return
+        runtime = dataclasses.replace(self.runtime, image_min_tokens=min_tokens, image_max_tokens=max_tokens)
+        message = ignored_caps_message(self.mmproj, min_tokens, max_tokens)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        if self.image_tokens_honoured:
+            self._mtmd.replace(open_mtmd(self.llm.model, self.mmproj.path, **mtmd_options(runtime)))
+        self.runtime = runtime
+        self.encoder = self._image_encoder()
 
     @property
     def ctx(self):
@@ -285,7 +372,29 @@ def _resolve_paths(model: str | os.PathLike, mmproj: str | os.PathLike | None):
     return text, (os.fspath(mmproj) if mmproj is not None else None)
 
 
-def open_mtmd(llama_model, path: str, *, n_threads: int, use_gpu: bool, flash_attn: bool, verbose: bool):
+def mtmd_options(runtime: RuntimeConfig) -> dict:
+    """open_mtmd's keyword arguments for a RuntimeConfig (the encoder gets the LLM's thread count)."""
+    return dict(
+        n_threads=runtime.threads,
+        use_gpu=runtime.n_gpu_layers != 0,
+        flash_attn=runtime.flash_attn,
+        verbose=runtime.verbose,
+        image_min_tokens=runtime.image_min_tokens,
+        image_max_tokens=runtime.image_max_tokens,
+    )
+
+
+def open_mtmd(
+    llama_model,
+    path: str,
+    *,
+    n_threads: int,
+    use_gpu: bool,
+    flash_attn: bool,
+    verbose: bool,
+    image_min_tokens: int | None = None,
+    image_max_tokens: int | None = None,
+):
     """mtmd context for an mmproj, its logs routed through llama-cpp-python's logger.
 
     Args:
@@ -295,6 +404,8 @@ def open_mtmd(llama_model, path: str, *, n_threads: int, use_gpu: bool, flash_at
         use_gpu: run the encoder on the GPU when there is one.
         flash_attn: flash attention in the encoder.
         verbose: print mtmd's timings.
+        image_min_tokens: lower bound on an image's tokens (None: the projector's default).
+        image_max_tokens: upper bound on an image's tokens (None: the projector's default).
 
     Returns:
         The mtmd context pointer (the caller frees it with mtmd_free).
@@ -317,6 +428,8 @@ def open_mtmd(llama_model, path: str, *, n_threads: int, use_gpu: bool, flash_at
     params.flash_attn_type = (
         llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     )
+    params.image_min_tokens = image_min_tokens or -1  # -1: read from the GGUF / the projector's default
+    params.image_max_tokens = image_max_tokens or -1
     ctx = mtmd.mtmd_init_from_file(path.encode(), llama_model, params)
     if not ctx:
         raise ModelLoadError(f"mtmd could not load the mmproj {path} (run with --debug/verbose for llama.cpp's log)")
@@ -346,7 +459,8 @@ def load(
         model: text GGUF path, or a preset name (see `fastv-edge presets`; files come from
             the Hugging Face cache filled by `fastv-edge pull NAME`).
         mmproj: mmproj GGUF path (None with a preset: the preset's; None with a path: text only).
-        runtime: context settings (n_ctx, threads, batch sizes, flash attention).
+        runtime: context settings (n_ctx, threads, batch sizes, flash attention, image-token caps,
+            the embedding cache). Caps on a projector that ignores them give a RuntimeWarning.
         prune: default pruning for requests that do not pass one; checked against the model.
         template: chat template name or .jinja path, overriding the GGUF's.
 
@@ -369,6 +483,9 @@ def load(
     if mm_info is not None:
         check_pair(checked, mm_info)
     check_supported(checked.architecture, checked.n_layer, prune)
+    ignored = ignored_caps_message(mm_info, runtime.image_min_tokens, runtime.image_max_tokens)
+    if ignored:
+        warnings.warn(ignored, RuntimeWarning, stacklevel=2)
     from .templates import load_template, resolve_template
 
     override = load_template(template) if template else None  # a bad name fails before the load
@@ -376,17 +493,10 @@ def load(
     try:
         llm = _load_llama(stack, model_path, runtime)
         info = _model_info(model_path, {**llm.metadata, **head})
-        mtmd_ctx = None
+        mtmd = None
         if mmproj_path:
-            mtmd_ctx = open_mtmd(
-                llm.model,
-                mmproj_path,
-                n_threads=runtime.threads,
-                use_gpu=runtime.n_gpu_layers != 0,
-                flash_attn=runtime.flash_attn,
-                verbose=runtime.verbose,
-            )
-            stack.callback(_mtmd_free, mtmd_ctx)
+            mtmd = _MtmdHandle(open_mtmd(llm.model, mmproj_path, **mtmd_options(runtime)))
+            stack.callback(mtmd.close)
     except BaseException:
         stack.close()
         raise
@@ -397,7 +507,7 @@ def load(
             tpl, origin = resolve_template(info.chat_template, model_path)
         except ValueError:
             tpl, origin = None, "none"  # raw prompts still work; applying a template raises then
-    return Model(llm, mtmd_ctx, info, mm_info, runtime, prune, tpl, origin, stack)
+    return Model(llm, mtmd, info, mm_info, runtime, prune, tpl, origin, stack)
 
 
 def _load_llama(stack: ExitStack, model_path: str, runtime: RuntimeConfig):

@@ -244,7 +244,10 @@ def _decode_image(target: Target, img: _Image, n_past: int, stats: PrefillStats)
             target.ctx, rows, positions, non_causal=piece.non_causal, n_batch=target.n_batch, seq_id=target.seq_id
         )
     n_decoded = piece.n_tokens if keep is None else len(keep)
-    stats.images.append(ImageStats(piece.name, piece.n_tokens, piece.grid, n_decoded, img.encoded.encode_ms))
+    enc = img.encoded
+    stats.images.append(
+        ImageStats(piece.name, piece.n_tokens, enc.grid or piece.grid, n_decoded, enc.encode_ms, enc.cached)
+    )
     return n_past + piece.n_pos  # kept rows keep their positions: the text goes on after the whole image
 
 

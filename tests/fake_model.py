@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from fastv_edge.config import PruneConfig, RuntimeConfig
 from fastv_edge.flops import flops_ratio
-from fastv_edge.response import GenerationResponse, PrefillStats
+from fastv_edge.response import GenerationResponse, PrefillStats, ThreadCounts
 
 
 @dataclass
@@ -34,6 +34,11 @@ class FakeModel:
     @property
     def n_ctx(self) -> int:
         return -(-self.runtime.n_ctx // 256) * 256
+
+    @property
+    def threads(self) -> ThreadCounts:
+        n = self.runtime.n_threads or 4
+        return ThreadCounts(n, n, n)
 
     def close(self) -> None:
         self.closed = True

@@ -62,6 +62,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch (default 2048)")
     p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch (default 512)")
     p.add_argument("-fa", "--flash-attn", action="store_true", help="flash attention")
+    from ..cli_args import add_image_token_args
+
+    add_image_token_args(p)
     p.add_argument("--no-fidelity", action="store_true", help="skip the agreement/KL pass")
     p.add_argument("--no-plots", action="store_true", help="no PNG plots")
     p.add_argument("--quick", action="store_true", help="tiny models and a small grid (< 2 min): checks the harness")
@@ -88,6 +91,8 @@ def _settings(args):
         n_batch=args.batch_size,
         n_ubatch=args.ubatch_size,
         flash_attn=args.flash_attn,
+        image_min_tokens=args.image_min_tokens,
+        image_max_tokens=args.image_max_tokens,
         fidelity=not args.no_fidelity,
     )
 

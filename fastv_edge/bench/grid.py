@@ -53,6 +53,8 @@ class BenchSettings:
     n_batch: int = 2048
     n_ubatch: int = 512
     flash_attn: bool = False
+    image_min_tokens: int | None = None  # mtmd's bounds on an image's tokens (dynamic-resolution projectors)
+    image_max_tokens: int | None = None
     fidelity: bool = True
     fidelity_on_synthetic: bool = False  # measure and report fidelity of random weights (harness tests only)
     seed: int = 0  # pseudo image, random strategy

@@ -205,6 +205,9 @@ def bench_model(
         n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch,
         flash_attn=settings.flash_attn,
+        image_min_tokens=settings.image_min_tokens,
+        image_max_tokens=settings.image_max_tokens,
+        embedding_cache=False,  # every configuration pays its own encode, as a first request would
     )
     with load(spec.path, spec.mmproj, runtime=runtime, prune=PruneConfig(strategy="none")) as model:
         workload = make_workload(model, spec, settings.seed)
