@@ -234,6 +234,29 @@ def measure_request(model, rule) -> tuple[float, float]:
     return fixed, per_mpx
 
 
+def measure_reopen(model) -> float:
+    """ms to re-open mtmd with another image-token cap (0 when the projector ignores caps)."""
+    if not model.image_tokens_honoured:
+        return 0.0
+    before = (model.runtime.image_min_tokens, model.runtime.image_max_tokens)
+    other = 64 if before[1] != 64 else 256
+    times = [_timed(lambda: model.set_image_tokens(before[0], other)), _timed(lambda: model.set_image_tokens(*before))]
+    return statistics.median(times)
+
+
+def measure_cached_read(n_tokens: int, n_embd: int) -> float:
+    """ms to read an image's rows back from the embedding cache's disk store (a cached image's encode)."""
+    import tempfile
+
+    from .embedding_store import DiskStore
+
+    rows = np.random.default_rng(0).standard_normal((n_tokens, n_embd), dtype=np.float32)  # (N, n_embd_inp)
+    with tempfile.TemporaryDirectory(prefix="fastv-edge-calibrate-") as tmp:
+        store = DiskStore(tmp, 1 << 40)
+        store.write("calibration", rows, {})
+        return min(_timed(lambda: store.read("calibration", rows.shape)) for _ in range(3))
+
+
 def calibrate(model, progress: Progress = no_progress, *, log=None) -> CostModel:
     """Measure and fit this machine's cost model for a loaded model pair.
 
@@ -268,14 +291,18 @@ def calibrate(model, progress: Progress = no_progress, *, log=None) -> CostModel
     n_sel = sorted({64, 256, max(tokens)})
     sel_samples = measure_select(model, n_sel, progress)
     select = {s: fit_select(v) for s, v in sel_samples.items()}
-    with progress("calibrate: a whole request"):
+    with progress("calibrate: a whole request, re-opening mtmd, reading a cached image"):
         fixed, per_mpx = measure_request(model, rule)
+        reopen = measure_reopen(model)
+        cached = measure_cached_read(max(tokens), model.encoder.n_embd_inp)
     cost = CostModel(
         n_layer=model.info.n_layer,
         encode=encode,
         select=select,
         request_fixed_ms=fixed,
         preprocess_ms_per_mpixel=per_mpx,
+        cached_image_ms=cached,
+        mtmd_reopen_ms=reopen,
         **fit,
     )
     meta = _meta(model, cost, tokens, enc_ms, samples, sel_samples, time.perf_counter() - t0, fastv)

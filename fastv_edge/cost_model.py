@@ -2,6 +2,7 @@
 
     TTFT = request_fixed                              tokenize, sampler, first token
          + preprocess_ms_per_mpixel * megapixels      mtmd's resize of the input images
+         + mtmd_reopen_ms, when the plan's cap differs from the open one
          + sum over images: encode(patches_i)         vision encoder (cached image: cached_image_ms)
          + select(strategy, N_i, B1_i)                pre-LLM selection, outside llama.cpp
          + prefill                                    the LLM, one of:
@@ -79,6 +80,7 @@ class CostModel:
     request_fixed_ms: float = 0.0
     preprocess_ms_per_mpixel: float = 0.0
     cached_image_ms: float = 0.0
+    mtmd_reopen_ms: float = 0.0
     meta: dict = field(default_factory=dict)  # what was measured, where, and how well the fit matches
 
     def layer_ms(self, m: float, ctx: float) -> float:
@@ -132,6 +134,7 @@ _SCALARS = (
     "request_fixed_ms",
     "preprocess_ms_per_mpixel",
     "cached_image_ms",
+    "mtmd_reopen_ms",
 )
 
 

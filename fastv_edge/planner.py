@@ -29,6 +29,7 @@ smallest predicted TTFT.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from .config import PreSelect, PruneConfig
@@ -66,11 +67,13 @@ class CapOption:
 
     cap: image_max_tokens to open mtmd with (None: the projector's default).
     tokens: each image's token count under it. cached: each image's embeddings are in the cache.
+    reopen: taking this cap re-opens mtmd (it differs from the cap mtmd is open with).
     """
 
     cap: int | None
     tokens: tuple[int, ...]
     cached: tuple[bool, ...] = ()
+    reopen: bool = False
 
     def __post_init__(self):
         if not self.cached:
@@ -181,6 +184,7 @@ def predict(cost: CostModel, req: Request, opt: CapOption, family: str, b1: int,
     else:
         prefill = cost.prefill_ms(n_in, req.n_past)
     fixed = cost.request_fixed_ms + cost.preprocess_ms_per_mpixel * req.n_pixels / 1e6
+    fixed += cost.mtmd_reopen_ms if opt.reopen else 0.0
     parts = {"fixed": fixed, "encode": encode, "select": select, "prefill": prefill}
     uses_k = family == "fastv" or main == "fastv"
     return Plan(family, opt.cap, opt.n_image, b1, b2, layer if uses_k else 0, sum(parts.values()), parts)
@@ -289,10 +293,11 @@ def plan(
     found = [p for opt in req.options for fam in families for p in _candidates(cost, req, opt, fam, layer, limit)]
     if not found:
         fastest = minimum_plan(cost, req, families, layer)
+        least = math.ceil(fastest.predicted_ms / 10) / 100  # seconds, rounded up: that budget is met
         raise BudgetTooSmallError(
             f"a time to first token of {budget_s:g} s is below what this machine can do for this request: the "
             f"fastest plan ({fastest.describe()}) needs {fastest.predicted_ms / 1e3:.2f} s; "
-            f"give --ttft-budget {fastest.predicted_ms / 1e3:.2f} or more",
+            f"give a budget of at least {least:.2f} s (--ttft-budget, ttft_budget=)",
             fastest.predicted_ms / 1e3,
         )
     best = min(found, key=rank_key)
