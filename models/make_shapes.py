@@ -155,6 +155,49 @@ SHAPES = {
             "M-RoPE image positions form a 1x576 row instead of a 24x24 grid (same cost)"
         ),
     ),
+    "qwen2.5-vl-3b": Shape(
+        arch="qwen2vl",  # llama.cpp converts Qwen2.5-VL's LLM (Qwen2.5-3B + M-RoPE) as qwen2vl
+        hparams=Qwen2VLHParams(
+            n_layer=36,
+            n_embd=2048,
+            n_head=16,
+            n_head_kv=2,
+            n_ff=11008,
+            n_vocab=151936,
+            rope_freq_base=1000000.0,
+            rms_eps=1e-6,
+            tie_embeddings=True,
+            n_ctx_train=128000,
+            rope_sections=(16, 24, 24, 0),
+        ),
+        vocab="qwen2",
+        # the real Qwen2.5-VL ViT: patch 14, 2x2 merge, window attention (112 px) with full attention in
+        # blocks 7, 15, 23, 31; a 560 px square (the converter's nominal size) gives 20x20 = 400 tokens,
+        # a real photo keeps its aspect (1024x768 -> 36x27 = 972 tokens; --image-max-tokens caps it)
+        clip=VisionHParams(
+            projector="qwen2.5vl_merger",
+            image_size=560,
+            patch_size=14,
+            n_embd=1280,
+            n_ff=3420,
+            n_head=16,
+            n_layer=32,
+            projection_dim=2048,
+            merge=2,
+            n_wa_pattern=8,
+        ),
+        n_images=1,
+        source=(
+            "Qwen2.5-VL-3B's LLM: d 2048, 36 layers, FFN 11008, 16 heads, 2 KV heads, vocab 151936, "
+            "M-RoPE sections 16/24/24"
+        ),
+        vision_note=(
+            "real Qwen2.5-VL ViT shape (width 1280, 32 blocks, SwiGLU 3420, RMS norms, window attention, "
+            "2x2 merger) with llama.cpp's qwen2.5vl_merger projector: dynamic resolution, so the token "
+            "count follows the photo"
+        ),
+        notes=("the 3B's tied embeddings are kept (tie_word_embeddings: true)",),
+    ),
     "gemma-3-4b": Shape(
         arch="gemma3",
         hparams=GEMMA3_4B,
@@ -333,6 +376,31 @@ def quantize(src: Path, dst: Path, qtype: str, n_threads: int) -> Path:
     return dst
 
 
+def write_shape_mmproj(path: Path, key: str, seed: int = 0, clip=None) -> Path:
+    """Write a shape's F16 mmproj (random weights) atomically.
+
+    Args:
+        path: output GGUF.
+        key: a name of SHAPES (its vision tower and projector).
+        seed: random seed.
+        clip: a ClipHParams / VisionHParams to write instead of the shape's own.
+
+    Returns:
+        The path written.
+    """
+    clip = clip or SHAPES[key].clip
+    tmp = path.with_suffix(".partial")
+    if isinstance(clip, VisionHParams):
+        weights = random_vision_weights(clip, seed)
+        write_vision_mmproj(tmp, clip, weights, "f16", f"{key}-synthetic-mmproj")
+    else:
+        weights = random_clip_weights(clip, seed)
+        write_mmproj_gguf(tmp, clip, weights, "f16", f"{key}-synthetic-mmproj")
+    del weights
+    tmp.replace(path)
+    return path
+
+
 def make_shape(
     out_dir: Path,
     key: str,
@@ -388,15 +456,7 @@ def make_shape(
     mm_path = folder / f"{key}-synthetic-mmproj-f16.gguf"
     if overwrite or not mm_path.is_file():
         t0 = time.perf_counter()
-        tmp = mm_path.with_suffix(".partial")
-        if isinstance(shape.clip, VisionHParams):
-            weights = random_vision_weights(shape.clip, seed)
-            write_vision_mmproj(tmp, shape.clip, weights, "f16", f"{key}-synthetic-mmproj")
-        else:
-            weights = random_clip_weights(shape.clip, seed)
-            write_mmproj_gguf(tmp, shape.clip, weights, "f16", f"{key}-synthetic-mmproj")
-        del weights
-        tmp.replace(mm_path)
+        write_shape_mmproj(mm_path, key, seed)
         log(f"{mm_path.name}: written in {time.perf_counter() - t0:.0f} s")
     manifest = {"shape": key, "synthetic_weights": True, **asdict(shape), "tokenizer": tok_note}
     manifest.update(mmproj=mm_path.name, n_image_tokens=shape.n_image_tokens, models=files)
