@@ -30,7 +30,7 @@ from .config import PruneConfig
 from .cost_model import CostModel, PrefillSample, fit_encode, fit_prefill, fit_select
 from .prefill import Progress, no_progress
 
-ENCODE_TARGET_S = 20.0  # vision-encoder measurements stop adding sizes after this
+ENCODE_TARGET_S = 25.0  # vision-encoder measurements stop adding sizes after this
 PREFILL_TARGET_S = 30.0  # LLM measurements: lengths are chosen to take about this in total
 ENCODE_LADDER = (16, 64, 144, 256, 576, 1024, 2304, 4096)  # g x g token grids
 MIN_ENCODE_SIZES = 3
@@ -94,11 +94,13 @@ def measure_encode(model, progress: Progress) -> tuple[list[int], list[float], o
             n, first = _encode_once(model, img)
             times = [first] + ([_encode_once(model, img)[1]] if first < 3000 else [])
         return [n], [statistics.median(times)], None
-    limit = model.runtime.image_max_tokens if getattr(model.runtime, "image_max_tokens", None) else 4096
+    # an image larger than the context is of no use to plan for (its tokens do not fit)
+    limit = min(model.runtime.image_max_tokens or rule.default_max_tokens, model.n_ctx)
     tokens, times, spent = [], [], 0.0
     for i, target in enumerate(t for t in ENCODE_LADDER if t <= limit):
         g = math.isqrt(target)
-        if i >= MIN_ENCODE_SIZES and spent + times[-1] * (target / tokens[-1]) ** 1.5 > ENCODE_TARGET_S * 1e3:
+        # the next size's time, guessed as quadratic in tokens (attention): stop before the target is spent
+        if i >= MIN_ENCODE_SIZES and spent + times[-1] * (target / tokens[-1]) ** 2 > ENCODE_TARGET_S * 1e3:
             break
         img = synthetic_picture(i, g * rule.align, g * rule.align)
         with progress(f"calibrate: vision encoder, {target} tokens"):
@@ -341,3 +343,38 @@ def _loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def summary_lines(cost: CostModel) -> list[str]:
+    """What a calibration found, a few human lines (`fastv-edge calibrate`)."""
+    meta, enc = cost.meta, cost.encode
+    sizes = meta.get("encode", {})
+    pairs = zip(sizes.get("tokens", []), sizes.get("ms", []), strict=True)
+    measured = ", ".join(f"{n} tokens {ms / 1e3:.2f} s" for n, ms in pairs)
+    kind = f"fixed resolution, {enc.fixed_tokens} tokens per image" if enc.fixed_tokens else "dynamic resolution"
+    n_ref = enc.fixed_tokens or 576
+    lines = [
+        f"vision encoder ({kind}): {measured}",
+        f"LLM prefill: {cost.layer_token_ms * 1e3:.1f} us per token per layer + {cost.layer_pair_ms * 1e6:.2f} ns per "
+        f"token pair per layer, {cost.n_layer} layers: {n_ref + 64} tokens predicted "
+        f"{cost.prefill_ms(n_ref + 64) / 1e3:.2f} s",
+    ]
+    if meta.get("fastv"):
+        sh, dp = cost.fastv_ms(n_ref + 64, 64 + n_ref // 4, CALIBRATION_LAYER)
+        lines.append(
+            f"FastV K={CALIBRATION_LAYER} keeping a quarter of {n_ref} image tokens: shallow {sh / 1e3:.2f} s + "
+            f"deep {dp / 1e3:.2f} s"
+        )
+    sel = ", ".join(f"{s} {cost.select_ms(s, n_ref, n_ref // 4):.0f} ms" for s in cost.select)
+    lines.append(f"selection of {n_ref // 4} of {n_ref} tokens: {sel}")
+    lines.append(
+        f"per request: {cost.request_fixed_ms:.0f} ms fixed, {cost.preprocess_ms_per_mpixel:.0f} ms per input "
+        f"megapixel, {cost.mtmd_reopen_ms:.0f} ms to change the cap, {cost.cached_image_ms:.1f} ms per cached image"
+    )
+    errs = [abs(e) for e in meta.get("encode_fit_rel_err", []) + meta.get("prefill_fit_rel_err", [])]
+    if errs:
+        lines.append(
+            f"fit: median |error| {statistics.median(errs):.0%} over {len(errs)} measurements, measured in "
+            f"{meta.get('seconds')} s with {meta.get('threads')} thread(s), load average {meta.get('loadavg')}"
+        )
+    return lines

@@ -104,6 +104,10 @@ class FakeBackend:
             reason = ("length" if len(pieces) == max_tokens else "stop") if last else None
             yield GenerationResponse(text=text, token=100 + i, generation_tokens=i + 1, finish_reason=reason, **step)
 
+    def calibration(self, model, progress):
+        self.calls.append(("calibration", dict(model=model.path)))
+        return None
+
     def chat_session(self, model, **kwargs):
         self.calls.append(("chat_session", kwargs))
         self.sessions.append(
