@@ -66,6 +66,7 @@ class FakeBackend:
         self.calls: list[tuple[str, dict]] = []
         self.models: list[FakeModel] = []
         self.sessions: list[FakeSession] = []
+        self.generate_prunes: list = []  # the prune each stream_generate got (None: a budget's free choice)
 
     def load(self, model, mmproj=None, *, runtime, prune, template=None):
         self.calls.append(("load", dict(model=model, mmproj=mmproj, runtime=runtime, prune=prune, template=template)))
@@ -76,6 +77,7 @@ class FakeBackend:
 
     def stream_generate(self, model, prompt, images=(), *, prune=None, max_tokens=256, **kwargs):
         self.calls.append(("generate", dict(prompt=prompt, images=list(images), max_tokens=max_tokens, **kwargs)))
+        self.generate_prunes.append(prune)
         yield from self.respond(prune or model.prune, len(images), max_tokens, prompt_tokens=20)
 
     def respond(self, prune: PruneConfig, n_images: int, max_tokens: int, prompt_tokens: int):
