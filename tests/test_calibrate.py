@@ -228,3 +228,25 @@ def test_selection_cost_grows_with_n(qwen_cost):
         times = [s.ms(n, n // 4) for n in (64, 256, 1024)]
         assert times == sorted(times), name
     assert np.all(np.isfinite([qwen_cost.select_ms("divprune", 4096, 1024)]))
+
+
+def test_measurement_scripts_run_and_are_sane(qwen_pair, qwen_cost, photos, tmp_path):
+    from fastv_edge.bench import planner_accuracy, ttft_table
+
+    lm, mmproj = map(str, qwen_pair)
+    table = tmp_path / "table.json"
+    args = ["-m", lm, "--mmproj", mmproj, "--image", str(photos["chelsea"]), "-c", "1024", "--cap", "64"]
+    assert ttft_table.main([*args, "--out", str(table)]) == 0
+    rows = {r["label"]: r for r in json.loads(table.read_text())["rows"]}
+    assert set(rows) == {"stock", "cap only", "selection only", "cap + selection", "planner", "cached image"}
+    stock, cached = rows["stock"]["runs"][0], rows["cached image"]["runs"][0]
+    assert stock["n_kept"] == stock["n_image"] > rows["cap only"]["runs"][0]["n_image"]  # the cap took effect
+    assert rows["selection only"]["runs"][0]["n_kept"] == stock["n_image"] // 4
+    assert cached["cached"] and not stock["cached"] and cached["encode_ms"] < stock["encode_ms"]
+    assert all(r["ttft_ms"] > 0 for r in rows.values())
+    accuracy = tmp_path / "accuracy.json"
+    assert planner_accuracy.main([*args[:-2], "--points", "3", "--out", str(accuracy)]) == 0
+    result = json.loads(accuracy.read_text())
+    assert result["summary"]["n"] == 3 and result["summary"]["median_abs_error"] >= 0
+    budgets = [r["budget_s"] for r in result["rows"]]
+    assert budgets == sorted(budgets) and all(r["plan"]["predicted_ms"] <= r["budget_s"] * 1e3 for r in result["rows"])
