@@ -250,3 +250,14 @@ def test_measurement_scripts_run_and_are_sane(qwen_pair, qwen_cost, photos, tmp_
     assert result["summary"]["n"] == 3 and result["summary"]["median_abs_error"] >= 0
     budgets = [r["budget_s"] for r in result["rows"]]
     assert budgets == sorted(budgets) and all(r["plan"]["predicted_ms"] <= r["budget_s"] * 1e3 for r in result["rows"])
+
+
+def test_budget_on_a_fixed_resolution_model(llama):
+    img = synthetic_picture(10, 640, 480)
+    with pytest.raises(BudgetTooSmallError) as err:
+        _ask(llama, img, ttft_budget=1e-6)
+    full = _ask(llama, img, ttft_budget=1e6)
+    assert full.plan.family == "none" and full.plan.cap is None  # nothing to cap on CLIP
+    budget = (err.value.minimum_s + full.plan.predicted_ms / 1e3) / 2
+    tight = _ask(llama, img, ttft_budget=budget)  # selection on a 1-D model: kept rows keep their positions
+    assert tight.plan.family != "none" and tight.n_kept == tight.plan.n_kept < full.n_kept
