@@ -7,10 +7,11 @@ What is measured, each on the loaded model with its thread count:
    projector whose resize rule is known (until the time target is spent, at least three sizes; the
    curve over patches is fitted, monotone); one picture for a fixed-resolution one (one number);
    mtmd_encode_chunk is timed directly, so no embedding cache can answer instead;
-2. the LLM: stock prefills of three prompt lengths (text + pseudo-image rows), lengths chosen from
-   the first one's speed to fit the time target, and FastV at K=2 (shallow and deep stage) on
-   the longest with two keep counts; one joint fit gives the per-layer costs and each stage's
-   fixed cost (cost_model.fit_prefill);
+2. the LLM: stock prefills of two prompt lengths (text + pseudo-image rows), lengths chosen from
+   the first one's speed to fit the time target, and FastV at K=2 (shallow and deep stage) on the
+   longer one and on a long prompt (the largest image to plan for: cheap, since the shallow stage
+   runs K layers); one joint fit gives the per-layer costs and each stage's fixed cost
+   (cost_model.fit_prefill);
 3. pre-LLM selection, each strategy on random rows of the model's width at three N and two k;
 4. a whole request (tokenize, encode, prefill, first token) and mtmd's resize of a large picture:
    what the parts above leave out.
@@ -35,6 +36,7 @@ PREFILL_TARGET_S = 30.0  # LLM measurements: lengths are chosen to take about th
 ENCODE_LADDER = (16, 64, 144, 256, 576, 1024, 2304, 4096)  # g x g token grids
 MIN_ENCODE_SIZES = 3
 CALIBRATION_LAYER = 2  # FastV's K in the measurement (the planner's default)
+LONG_PROMPT = 2048  # image rows of the long prompt of a dynamic-resolution model (bounded by the context)
 SELECT_STRATEGIES = ("divprune", "dart", "cdpruner", "random")
 
 
@@ -154,8 +156,14 @@ class _Prompts:
             _clear(self.model)
 
 
-def measure_prefill(model, progress: Progress, fastv: bool) -> list[PrefillSample]:
-    """Stock prefills at three lengths and FastV (shallow + deep) at the longest with two keeps."""
+def measure_prefill(model, progress: Progress, fastv: bool, n_long: int) -> list[PrefillSample]:
+    """Stock prefills at two lengths and FastV (shallow + deep) at the longer one and at a long prompt.
+
+    The lengths follow the first prefill's speed so that the stock ones take about PREFILL_TARGET_S
+    together. The long prompt (n_long image rows: the largest image the planner will meet) costs
+    little through FastV, whose shallow stage runs only K layers: it gives the per-layer cost of
+    large batches without a whole long prefill. Without FastV a third stock length stands in.
+    """
     prompts = _Prompts(model)
     t = prompts.N_TEXT
     stock = PruneConfig(strategy="none")
@@ -168,20 +176,26 @@ def measure_prefill(model, progress: Progress, fastv: bool) -> list[PrefillSampl
         samples.append(PrefillSample("stock", t + n_image, t + n_image, 0, ms))
         return ms
 
+    def fastv_sample(n_image: int, keep: int) -> None:
+        prune = PruneConfig(strategy="fastv", layer=CALIBRATION_LAYER, keep=keep)
+        with progress(f"calibrate: FastV K={CALIBRATION_LAYER} on {t + n_image} tokens, keeping {keep} image tokens"):
+            st = prompts.run(n_image, prune)
+        samples.append(PrefillSample("shallow", t + n_image, t + n_image, CALIBRATION_LAYER, st.shallow_ms))
+        samples.append(PrefillSample("deep", t + n_image, t + keep, CALIBRATION_LAYER, st.deep_ms))
+
     n1 = min(32, prompts.max_image)
     per_token = stock_sample(n1) / (t + n1)
-    budget_tokens = int(0.4 * PREFILL_TARGET_S * 1e3 / per_token)  # the longest prefill: ~40% of the target
+    budget_tokens = int(0.35 * PREFILL_TARGET_S * 1e3 / per_token)  # the longer stock prefill: ~35% of the target
     n3 = max(min(budget_tokens, 1024, prompts.max_image), min(128, prompts.max_image))
-    n2 = max(n3 // 3, n1 + 1)
-    for n in sorted({n2, n3} - {n1}):
-        stock_sample(n)
-    if fastv and model.info.n_layer > CALIBRATION_LAYER:
-        for keep in (n3 // 4, n3 // 2):
-            prune = PruneConfig(strategy="fastv", layer=CALIBRATION_LAYER, keep=keep)
-            with progress(f"calibrate: FastV K={CALIBRATION_LAYER} on {t + n3} tokens, keeping {keep} image tokens"):
-                st = prompts.run(n3, prune)
-            samples.append(PrefillSample("shallow", t + n3, t + n3, CALIBRATION_LAYER, st.shallow_ms))
-            samples.append(PrefillSample("deep", t + n3, t + keep, CALIBRATION_LAYER, st.deep_ms))
+    if not fastv or model.info.n_layer <= CALIBRATION_LAYER:
+        for n in sorted({max(n3 // 3, n1 + 1), n3} - {n1}):
+            stock_sample(n)
+        return samples
+    if n3 != n1:
+        stock_sample(n3)
+    fastv_sample(n3, n3 // 2)
+    n_long = min(prompts.max_image, max(n_long, n3))
+    fastv_sample(n_long, min(16, n_long // 4))
     return samples
 
 
@@ -294,7 +308,8 @@ def calibrate(model, progress: Progress = no_progress, *, log=None) -> CostModel
         encode = type(encode)(encode.coef, 1, tokens[0])
     say(f"vision encoder: {', '.join(f'{n} tokens {ms / 1e3:.2f} s' for n, ms in zip(tokens, enc_ms, strict=True))}")
     fastv = model.info.architecture in FASTV_ARCHITECTURES
-    samples = measure_prefill(model, progress, fastv)
+    n_long = tokens[0] + 64 if rule is None else LONG_PROMPT  # the largest prompt to plan for
+    samples = measure_prefill(model, progress, fastv, n_long)
     fit = fit_prefill(samples, model.info.n_layer)
     say("prefill: " + ", ".join(f"{s.stage} {s.n}->{s.kept} {s.ms / 1e3:.2f} s" for s in samples))
     n_sel = sorted({64, 256, max(tokens)})

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-COST_MODEL_VERSION = 1  # bump when a field or its meaning changes: stored calibrations are then redone
+COST_MODEL_VERSION = 2  # bump when a field or its meaning changes: stored calibrations are then redone
 
 
 @dataclass(frozen=True)
