@@ -104,3 +104,21 @@ def test_run_calibrates_first_and_refuses_an_impossible_budget(cli_env, qwen_arg
     assert list((tmp_path / "cal").glob("*.json"))  # the calibration was stored, so the next run reuses it
     out = run_cli(env, *run, "--ttft-budget", "0.000001")
     assert "no calibration" not in out.stderr
+
+
+@pytest.mark.native
+def test_bench_with_budgets(cli_env, qwen_args, photos, tmp_path):
+    env = {**cli_env, "FASTV_EDGE_CALIBRATION_DIR": str(tmp_path / "cal")}
+    bench = ["bench", *qwen_args, "--image", photos["chelsea"], "--reps", "1", "--out", tmp_path / "out"]
+    out = run_cli(env, *bench, "--ttft-budget", "0.000001", "--ttft-budget", "1000", timeout=300)
+    assert out.returncode == 0, out.stderr
+    table = out.stdout
+    assert (
+        "| stock | no cap, no pruning |" in table
+        and "refused: needs" in table
+        and "| 1000 s | no cap, all kept |" in table
+    )
+    rows = json.loads((tmp_path / "out" / "budgets.json").read_text())["rows"]
+    stock, refused, full = rows
+    assert stock["plan"] is None and refused["refused_min_s"] > 0 and not refused["runs"]
+    assert full["plan"]["predicted_ms"] > 0 and full["measured_ms"] > 0 and full["error"] is not None
