@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,8 @@ class Measured:
     n_image: int
     n_kept: int
     cached: bool
+    ttft_cpu_ms: float = 0.0  # process CPU time of the request (one thread: its work, whatever the neighbours do)
+    major_faults: int = 0  # pages read back from disk during it (weights evicted by memory pressure)
 
 
 @dataclass
@@ -81,6 +85,7 @@ def request(model, image, prompt: str, *, budget_s=None, prune=None, apply_templ
     from ..generate import stream_generate
 
     text = prompt if apply_template else f"{model.marker}\n{prompt}\n"
+    c0, f0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_majflt
     last = list(
         stream_generate(
             model,
@@ -92,9 +97,12 @@ def request(model, image, prompt: str, *, budget_s=None, prune=None, apply_templ
             ttft_budget=budget_s,
         )
     )[-1]
+    cpu_ms = (time.process_time() - c0) * 1e3  # one generated token: about the TTFT span
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - f0
     st = last.stats
     cached = any(img.cached for img in st.images)
     m = Measured(last.ttft_ms, st.encode_ms, st.select_ms, st.prefill_ms, st.n_image_tokens, st.n_kept, cached)
+    m.ttft_cpu_ms, m.major_faults = cpu_ms, faults
     return m, last
 
 

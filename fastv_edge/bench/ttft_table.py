@@ -122,16 +122,18 @@ def table_for(model, img, threads: int, args, log) -> list[Row]:
 
 def format_table(rows: list[Row], label: str) -> str:
     head = ("model", "photo", "threads", "configuration", "image tokens kept", "encode", "prefill", "TTFT")
-    out = ["| " + " | ".join((*head, "speed-up", "predicted")) + " |", "|---" * (len(head) + 2) + "|"]
+    tail = ("speed-up", "predicted", "CPU time", "CPU speed-up")
+    out = ["| " + " | ".join((*head, *tail)) + " |", "|---" * (len(head) + len(tail)) + "|"]
     stock = {}
     for r in rows:
         if not r.runs:
-            out.append(f"| {label} | {r.image} | {r.threads} | {r.label} | {r.note} | | | | | |")
+            out.append(f"| {label} | {r.image} | {r.threads} | {r.label} | {r.note} |" + " |" * 9)
             continue
         m = r.runs[0]
         ttft = r.median("ttft_ms")
+        cpu = r.median("ttft_cpu_ms")
         if r.label == "stock":
-            stock[(r.image, r.threads)] = ttft
+            stock[(r.image, r.threads)] = (ttft, cpu)
         what = r.label + (f" (cap {r.cap})" if r.cap else "") + (f" @ {r.budget_s:g} s" if r.budget_s else "")
         if r.plan:
             cap = "no cap" if r.plan["cap"] is None else f"cap {r.plan['cap']}"
@@ -139,12 +141,12 @@ def format_table(rows: list[Row], label: str) -> str:
         if r.note:
             what += f" ({r.note})"
         pred = f"{r.plan['predicted_ms'] / 1e3:.2f} s" if r.plan else ""
-        speed = stock[(r.image, r.threads)] / ttft
+        speed, cpu_speed = stock[(r.image, r.threads)][0] / ttft, stock[(r.image, r.threads)][1] / cpu
         enc = r.median("encode_ms") / 1e3
         out.append(
             f"| {label} | {r.image} {r.size[0]}x{r.size[1]} | {r.threads} | {what} | {m.n_kept}/{m.n_image} | "
             f"{enc:.2f} s{' (cached)' if m.cached else ''} | {r.median('prefill_ms') / 1e3:.2f} s | "
-            f"{ttft / 1e3:.2f} s | {speed:.2f}x | {pred} |"
+            f"{ttft / 1e3:.2f} s | {speed:.2f}x | {pred} | {cpu / 1e3:.2f} s | {cpu_speed:.2f}x |"
         )
     return "\n".join(out)
 
