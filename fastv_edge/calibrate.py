@@ -33,7 +33,9 @@ from .prefill import Progress, no_progress
 
 ENCODE_TARGET_S = 25.0  # vision-encoder measurements stop adding sizes after this
 PREFILL_TARGET_S = 30.0  # LLM measurements: lengths are chosen to take about this in total
-ENCODE_LADDER = (16, 64, 144, 256, 576, 1024, 2304, 4096)  # g x g token grids
+# g x g token grids, x4 apart: three sizes spanning 16x constrain the curve's growth (its quadratic
+# term extrapolates to photos of 1000-2000 tokens) better than three close ones
+ENCODE_LADDER = (16, 64, 256, 1024, 4096)
 MIN_ENCODE_SIZES = 3
 CALIBRATION_LAYER = 2  # FastV's K in the measurement (the planner's default)
 LONG_PROMPT = 2048  # image rows of the long prompt of a dynamic-resolution model (bounded by the context)

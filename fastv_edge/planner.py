@@ -200,6 +200,11 @@ def _largest(fits, lo: int, hi: int) -> int | None:
     return lo
 
 
+def _two_stage_b1(n: int, floor: int) -> list[int]:
+    """The first-stage budgets a two-stage plan tries: the rungs between floor and N, and the ends."""
+    return sorted(b for b in {r for r in RUNGS if floor < r < n} | {floor + 1, n - 1} if floor < b < n)
+
+
 def _candidates(cost: CostModel, req: Request, opt: CapOption, family: str, layer: int, limit_ms: float):
     """The best plan of one family at one cap within limit_ms: the largest feasible keep (none if none fits)."""
     n = opt.n_image
@@ -220,7 +225,7 @@ def _candidates(cost: CostModel, req: Request, opt: CapOption, family: str, laye
         best = _largest(lambda b: ok(at(n, b) if fastv else at(b, b)), floor, n - 1)
         return [] if best is None else [at(n, best) if fastv else at(best, best)]
     plans = []  # two stages: B1 on the rungs below N, the largest B2 < B1 for each
-    for b1 in sorted({r for r in RUNGS if floor < r < n} | {min(floor + 1, n - 1), n - 1}):
+    for b1 in _two_stage_b1(n, floor):
         best = _largest(lambda b, b1=b1: ok(at(b1, b)), floor, b1 - 1)
         if best is not None:
             plans.append(at(b1, best))
@@ -305,15 +310,20 @@ def plan(
 
 
 def minimum_plan(cost: CostModel, req: Request, families, layer: int = 2) -> Plan:
-    """The plan with the smallest predicted TTFT (every family at its smallest keep, every cap)."""
+    """The plan with the smallest predicted TTFT among the candidates `plan` tries (every family at its
+    smallest keep, every cap; a pruning family needs more than MIN_KEEP tokens to prune)."""
     plans = []
     for opt in req.options:
         n, floor = opt.n_image, min(MIN_KEEP, opt.n_image)
         for fam in families:
             if fam == "none":
                 plans.append(predict(cost, req, opt, fam, n, n, layer))
+            elif floor >= n:
+                continue  # nothing to prune
             elif "+" in fam:
-                plans.append(predict(cost, req, opt, fam, min(floor + 1, n), floor, layer))
+                b1 = _two_stage_b1(n, floor)
+                if b1:
+                    plans.append(predict(cost, req, opt, fam, b1[0], floor, layer))
             else:
                 plans.append(predict(cost, req, opt, fam, n if fam == "fastv" else floor, floor, layer))
     return min(plans, key=lambda p: p.predicted_ms)

@@ -124,6 +124,24 @@ def test_infeasible_budget_names_the_minimum():
     assert ok.n_kept == MIN_KEEP
 
 
+@pytest.mark.parametrize(
+    "request_",
+    [
+        fixed_request(),
+        dynamic_request(451, 300, caps=(16, 36, 100)),  # a cap of 16 gives 12 tokens: nothing left to prune
+        Request(20, (CapOption(None, (10,)), CapOption(8, (6,)))),  # every option at or below MIN_KEEP
+    ],
+)
+def test_the_named_minimum_is_a_plan(request_):
+    # the smallest time the refusal names is met by a plan the planner itself would make
+    cost = fake_cost(fixed=(3000.0, 10.0, 10.0))  # FastV's stages cheaper than a stock prefill
+    fastest = minimum_plan(cost, request_, DEFAULT_FAMILIES)
+    chosen = plan(cost, request_, fastest.predicted_ms / 1e3 + 1e-9)
+    assert chosen.predicted_ms == pytest.approx(fastest.predicted_ms)
+    with pytest.raises(BudgetTooSmallError):
+        plan(cost, request_, fastest.predicted_ms / 1e3 * 0.999)
+
+
 def test_encoder_bound_minimum_includes_the_encode():
     # a fixed-resolution encoder of 60 s (Gemma-3-4B's shape on this CPU) cannot be planned away
     cost = fake_cost(encode=(60_000.0, 0.0, 0.0))
