@@ -13,16 +13,25 @@ each image is already in the embedding cache under that cap, and the text's toke
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import weakref
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .calibration_store import load_calibration, save_calibration
 from .cap_tokens import rule_for
 from .config import PRE_LLM_STRATEGIES, PruneConfig
 from .cost_model import CostModel
 from .planner import DEFAULT_CAPS, DEFAULT_FAMILIES, CapOption, Plan, Request, plan
-from .prefill import Progress, no_progress
+
+if TYPE_CHECKING:
+    from .prefill import Progress
+
+
+def no_progress(_message: str):
+    """The default progress hook: does nothing (prefill's, without importing llama.cpp here)."""
+    return nullcontext()
 
 
 def ensure_calibration(model, progress: Progress = no_progress) -> tuple[CostModel, bool]:
@@ -221,10 +230,36 @@ def plan_request(
         raise ValueError("a TTFT budget plans image tokens, but the request has no image")
     families, layer = families_for(model, prune)
     req = build_request(model, images, text, cost, n_past=n_past, add_bos=add_bos)
-    chosen = plan(cost, req, budget_s, families=families, layer=layer)
+    factor = speed_factor(model)
+    chosen = replace(plan(cost.scaled(factor), req, budget_s, families=families, layer=layer), speed_factor=factor)
     seed = prune.seed if prune is not None else 0
     theta = prune.relevance_weight if prune is not None else 0.5
     return chosen, chosen.prune_config(seed, theta)
+
+
+_SPEED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> measured / calibrated time
+SPEED_WEIGHT = 0.5  # weight of the newest request in the running (geometric) mean
+SPEED_LIMITS = (0.25, 4.0)
+
+
+def speed_factor(model) -> float:
+    """How much slower (> 1) or faster than its calibration this model's recent budgeted requests ran.
+
+    A machine's speed drifts after calibration (other processes, thermal limits, memory pressure):
+    each budgeted request's measured TTFT against its unscaled prediction updates a running geometric
+    mean, and the next plan scales the calibrated times by it. 1.0 before the first request.
+    """
+    return _SPEED.get(model, 1.0)
+
+
+def observe(model, chosen: Plan, ttft_ms: float) -> None:
+    """Fold a budgeted request's measured TTFT into speed_factor(model)."""
+    raw = chosen.predicted_ms / chosen.speed_factor
+    if raw <= 0 or ttft_ms <= 0:
+        return
+    ratio = min(max(ttft_ms / raw, SPEED_LIMITS[0]), SPEED_LIMITS[1])
+    old = speed_factor(model)
+    _SPEED[model] = min(max(old ** (1 - SPEED_WEIGHT) * ratio**SPEED_WEIGHT, SPEED_LIMITS[0]), SPEED_LIMITS[1])
 
 
 @contextmanager

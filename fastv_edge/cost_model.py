@@ -101,6 +101,15 @@ class CostModel:
         """Selection time of one image; strategies that were not calibrated raise KeyError."""
         return self.select[strategy].ms(n, k)
 
+    def scaled(self, factor: float) -> CostModel:
+        """Every time of the model multiplied by factor (the machine found faster or slower than calibrated)."""
+        times = {k: getattr(self, k) * factor for k in _SCALARS if k != "n_layer"}
+        enc = EncodeCost(
+            tuple(c * factor for c in self.encode.coef), self.encode.patches_per_token, self.encode.fixed_tokens
+        )
+        select = {k: SelectCost(tuple(c * factor for c in v.coef)) for k, v in self.select.items()}
+        return CostModel(n_layer=self.n_layer, encode=enc, select=select, meta=self.meta, **times)
+
     def to_dict(self) -> dict:
         """JSON-ready form (with COST_MODEL_VERSION)."""
         return {"version": COST_MODEL_VERSION, **asdict(self)}

@@ -343,7 +343,7 @@ def stream_generate(
     with cap, tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=cache.empty) as tokens:
         words = (instruction if instruction is not None else prompt).replace(model.marker, " ").strip()
         tokens.instruction = list(model.llm.tokenize(words.encode("utf-8"), add_bos=False, special=False))
-        yield from _respond(
+        responses = _respond(
             model,
             tokens,
             cache,
@@ -354,6 +354,10 @@ def stream_generate(
             t_start=t_start,
             plan=plan,
         )
+        for i, response in enumerate(responses):
+            if i == 0 and plan is not None:
+                budget.observe(model, plan, response.ttft_ms)  # the next plan learns how fast the machine runs now
+            yield response
 
 
 def generate(model: Model, prompt: str, images: Sequence[ImageInput] = (), **kwargs) -> str:

@@ -110,6 +110,7 @@ class Plan:
     predicted_ms: float
     parts: dict = field(default_factory=dict)  # encode, select, prefill, fixed
     budget_ms: float | None = None
+    speed_factor: float = 1.0  # the calibration's times were scaled by this (budget.speed_factor)
 
     @property
     def stages(self) -> int:

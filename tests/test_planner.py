@@ -222,3 +222,36 @@ def test_resize_rule(size, cap, grid):
 def test_resize_rule_only_for_known_projectors():
     assert rule_for("qwen2vl_merger", 14).align == 28
     assert rule_for("mlp", 14) is None and rule_for("gemma3", 14) is None
+
+
+def test_scaled_cost_scales_every_prediction():
+    cost, req = fake_cost(), dynamic_request()
+    for fam, b1, b2 in (("none", 999, 999), ("divprune", 300, 300), ("fastv", 999, 300), ("dart+fastv", 500, 200)):
+        base = predict(cost, req, req.options[0], fam, b1, b2, 2).predicted_ms
+        assert predict(cost.scaled(1.5), req, req.options[0], fam, b1, b2, 2).predicted_ms == pytest.approx(1.5 * base)
+
+
+@pytest.mark.parametrize(
+    "measured_ratios, expected",
+    [
+        ([], 1.0),  # no request yet: the calibration as measured
+        ([2.0], 2**0.5),  # half way (geometric) towards what the first request showed
+        ([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0], 2.0),  # a machine that stays twice as slow: converges
+        ([100.0], 2.0),  # one outlier moves it at most by the clamp (4x), then half way
+    ],
+)
+def test_speed_factor_follows_the_measurements(measured_ratios, expected):
+    from dataclasses import replace
+
+    from fastv_edge import budget
+
+    class Model:  # budget keys the factor by the model object
+        pass
+
+    model = Model()
+    base = plan(fake_cost(), fixed_request(), 1000.0)
+    for ratio in measured_ratios:
+        factor = budget.speed_factor(model)
+        chosen = replace(base, predicted_ms=base.predicted_ms * factor, speed_factor=factor)
+        budget.observe(model, chosen, base.predicted_ms * ratio)
+    assert budget.speed_factor(model) == pytest.approx(expected, rel=1e-2)
