@@ -49,6 +49,9 @@ class ChatSession:
         system: optional system message.
         max_tokens: default answer budget per turn.
         progress: progress hook for slow steps.
+        ttft_budget: seconds to the first token of each turn with images (see stream_generate);
+            `prune` then names the strategy the planner may use. Without a stored calibration the
+            session measures it here, before the first turn.
     """
 
     def __init__(
@@ -60,10 +63,17 @@ class ChatSession:
         system: str | None = None,
         max_tokens: int = 256,
         progress: Progress = no_progress,
+        ttft_budget: float | None = None,
     ):
         check_text(system, "the system message")
         self.model = model
+        self._family = prune  # what a TTFT budget may use (None: any strategy)
         self.prune = prune or model.prune
+        self.ttft_budget = ttft_budget
+        if ttft_budget is not None:
+            from .budget import ensure_calibration
+
+            ensure_calibration(model, progress)
         self.prune.check_layer(model.info.n_layer)
         self.sampling = sampling or SamplingConfig()
         self.system = system
@@ -111,6 +121,7 @@ class ChatSession:
         images: Sequence[ImageInput] = (),
         *,
         max_tokens: int | None = None,
+        ttft_budget: float | None = None,
     ) -> Iterator[GenerationResponse]:
         """Add a user turn and stream the answer.
 
@@ -118,6 +129,7 @@ class ChatSession:
             text: the user's message.
             images: images of this turn (paths, URLs, data: URIs, bytes or RGBImage).
             max_tokens: answer budget (default: the session's).
+            ttft_budget: this turn's TTFT budget in seconds (default: the session's; applies to turns with images).
 
         Yields:
             GenerationResponse per token; the last one has finish_reason set.
@@ -132,11 +144,14 @@ class ChatSession:
         if not self._cache.empty and not owns_context(self.model, self._cache):
             self._forget_context()  # another request took the context: prefill the conversation again
         suffix = rendered if self._cache.empty else self._suffix(rendered)
+        budget = ttft_budget if ttft_budget is not None else self.ttft_budget
+        budget = budget if decoded else None  # a text-only turn has no image tokens to plan
         stream = stream_generate(
             self.model,
             suffix,
             [*self._images, *decoded] if self._cache.empty else decoded,
-            prune=self.prune,
+            prune=self._family if budget is not None else self.prune,
+            ttft_budget=budget,
             max_tokens=max_tokens or self.max_tokens,
             sampling=self.sampling,
             apply_template=False,

@@ -7,6 +7,7 @@ Commands:
   pull     download a preset's model and mmproj into the Hugging Face cache
   presets  list the known model presets
   bench    speed, memory and fidelity of FastV vs stock across budgets and quantizations
+  calibrate  measure this machine's time-to-first-token costs of a model pair (for --ttft-budget)
   cache    the image-embedding cache: `cache info`, `cache clear`
   quantize-mmproj  quantize a vision projector (llama.cpp's quantizer); size, encode time, cosine
 
@@ -18,7 +19,9 @@ FastV (-k >= 1) is refused on architectures the patch does not hook; selection b
 (divprune, dart, cdpruner, random with -k 0) runs on every model mtmd can encode, and --strategy
 none runs stock llama.cpp. Image tokens: --image-max-tokens N caps them on dynamic-resolution
 projectors (Qwen2/2.5/3-VL); an image seen before comes from the embedding cache (--no-cache:
-encode every time). Errors print one line and exit 1 (--debug: traceback).
+encode every time). --ttft-budget SECONDS lets the planner pick the cap, strategy and keep count
+that keep the most image tokens within that time to first token, from this machine's
+calibration (`fastv-edge calibrate`). Errors print one line and exit 1 (--debug: traceback).
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ from .cli_args import (
     add_model_args,
     add_output_args,
     add_prune_args,
+    budget_family,
     load_from_args,
     native_backend,
+    runtime_from_args,
     sampling_from_args,
 )
-from .console import SlowSteps, error, format_stats, read_stdin
+from .console import SlowSteps, StepLines, error, format_plan, format_stats, read_stdin
 from .errors import FastVEdgeError
 
 
@@ -83,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    cal = sub.add_parser(
+        "calibrate", help="measure this machine's time-to-first-token costs of a model pair (for --ttft-budget)"
+    )
+    add_model_args(cal)
+    cal.add_argument("--force", action="store_true", help="measure again even when a calibration is stored")
+    add_output_args(cal)
     cache = sub.add_parser("cache", help="the image-embedding cache on disk: info or clear")
     cache.add_argument("action", choices=("info", "clear"))
     cache.add_argument("--dir", help="the cache folder (default: $FASTV_EDGE_EMBEDDING_CACHE or the user cache)")
@@ -112,31 +123,38 @@ def _add_quantize_parser(sub) -> None:
 def cmd_run(args, backend: Backend) -> int:
     steps = SlowSteps(not args.quiet and not args.json)
     prompt = read_stdin("the prompt read from stdin") if args.prompt == "-" else args.prompt
+    family = budget_family(args) if args.ttft_budget is not None else None
     with load_from_args(args, steps, backend) as model:
+        if args.ttft_budget is not None:
+            backend.calibration(model, StepLines(not args.quiet and not args.json))
         last, text = None, []
         for r in backend.stream_generate(
             model,
             prompt,
             args.image,
-            prune=model.prune,
+            prune=family if args.ttft_budget is not None else model.prune,
             max_tokens=args.n_predict,
             sampling=sampling_from_args(args),
             system=args.system,
             progress=steps,
             apply_template=not args.raw,
+            ttft_budget=args.ttft_budget,
         ):
+            if last is None and r.plan is not None and not args.quiet and not args.json:
+                print(format_plan(r.plan), file=sys.stderr, flush=True)
             last = r
             text.append(r.text)
             if not args.json:
                 print(r.text, end="", flush=True)
         threads = model.threads
+        prune = last.plan.prune_config() if last.plan is not None else model.prune
         if args.json:
-            record = {"text": "".join(text), **last.summary(), "n_ctx": model.n_ctx, "prune": asdict(model.prune)}
+            record = {"text": "".join(text), **last.summary(), "n_ctx": model.n_ctx, "prune": asdict(prune)}
             print(json.dumps({**record, "threads": asdict(threads)}))
         else:
             print()
             if not args.quiet:
-                print(format_stats(last, model.prune, threads), file=sys.stderr)
+                print(format_stats(last, prune, threads), file=sys.stderr)
     return 0
 
 
@@ -182,6 +200,39 @@ def cmd_bench(args, backend: Backend) -> int:
     from .bench.cli import cmd_bench as run
 
     return run(args)
+
+
+def cmd_calibrate(args, backend: Backend) -> int:
+    from .calibrate import calibrate, summary_lines
+    from .calibration_store import calibration_path, load_calibration, save_calibration
+    from .config import PruneConfig
+
+    steps = StepLines(not args.quiet and not args.json)
+    with steps(f"loading {args.model}"):
+        model = backend.load(
+            args.model,
+            args.mmproj,
+            runtime=runtime_from_args(args),
+            prune=PruneConfig(strategy="none"),
+            template=args.chat_template,
+        )
+    with model:
+        cost = None if args.force else load_calibration(model)
+        reused = cost is not None
+        if cost is None:
+            cost = calibrate(model, steps)
+            path = save_calibration(model, cost)
+        else:
+            path = calibration_path(model)
+    if args.json:
+        print(json.dumps({"path": str(path), "reused": reused, "cost_model": cost.to_dict()}))
+        return 0
+    print("\n".join(summary_lines(cost)))
+    print(
+        f"{'already calibrated, reused' if reused else 'stored in'}: {path}"
+        + (" (--force measures again)" if reused else "")
+    )
+    return 0
 
 
 def cmd_cache(args, backend: Backend) -> int:
@@ -240,9 +291,10 @@ COMMANDS = {
     "presets": cmd_presets,
     "bench": cmd_bench,
     "cache": cmd_cache,
+    "calibrate": cmd_calibrate,
     "quantize-mmproj": cmd_quantize_mmproj,
 }
-NATIVE_COMMANDS = ("run", "chat")  # the others load llama_cpp themselves when they need it
+NATIVE_COMMANDS = ("run", "chat", "calibrate")  # the others load llama_cpp themselves when they need it
 
 
 def main(argv: list[str] | None = None, *, backend: Backend | None = None) -> int:

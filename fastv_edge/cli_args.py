@@ -82,9 +82,9 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strategy",
         choices=STRATEGIES,
-        default="fastv",
         help="fastv (default: attention at layer K-1), divprune | dart | cdpruner (from the image embeddings, "
-        "before the LLM), random (seeded baseline, before the LLM with -k 0), none (stock llama.cpp)",
+        "before the LLM), random (seeded baseline, before the LLM with -k 0), none (stock llama.cpp); "
+        "with --ttft-budget the one strategy the plan may use (default: the planner chooses)",
     )
     p.add_argument(
         "--pre",
@@ -97,6 +97,20 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="cdpruner's theta in [0, 1): weight of relevance to the prompt against diversity (default 0.5)",
+    )
+    add_budget_arg(p)
+
+
+def add_budget_arg(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
+    """--ttft-budget SECONDS (run, chat; bench takes several)."""
+    p.add_argument(
+        "--ttft-budget",
+        type=float,
+        metavar="SECONDS",
+        action="append" if repeatable else "store",
+        help="time to first token to plan for: the image-token cap, strategy and keep count that keep the most "
+        "image tokens within it, from this machine's calibration (`fastv-edge calibrate`; measured first when "
+        "missing)" + (" (repeatable)" if repeatable else ""),
     )
 
 
@@ -114,11 +128,28 @@ def prune_from_args(args) -> PruneConfig:
         layer=args.layer,  # None: the strategy's default
         drop_ratio=args.drop_ratio,
         keep=args.keep,
-        strategy=args.strategy,
+        strategy=args.strategy or ("none" if getattr(args, "ttft_budget", None) and not args.pre else "fastv"),
         seed=args.seed,
         pre=getattr(args, "pre", None),
         relevance_weight=getattr(args, "relevance_weight", 0.5),
     )
+
+
+def budget_family(args) -> PruneConfig | None:
+    """With --ttft-budget: the strategy the planner may use (None: its own choice).
+
+    Raises:
+        ValueError: -r or --keep with --ttft-budget (the planner chooses the keep count).
+    """
+    given = [flag for flag, value in (("-r", args.drop_ratio), ("--keep", args.keep)) if value is not None]
+    if given:
+        raise ValueError(
+            f"{' and '.join(given)} with --ttft-budget: the planner chooses how many image tokens to keep; "
+            "drop one or the other (--strategy, -k and --pre still narrow the plan)"
+        )
+    if args.strategy is None and getattr(args, "pre", None) is None:
+        return None
+    return prune_from_args(args)
 
 
 def ignored_prune_flags(args) -> list[str]:
@@ -152,11 +183,27 @@ def sampling_from_args(args) -> SamplingConfig:
 @dataclass(frozen=True)
 class Backend:
     """What the commands call: load(model, mmproj, runtime=, prune=, template=) -> Model,
-    stream_generate(model, prompt, images, **kw) -> responses, chat_session(model, **kw)."""
+    stream_generate(model, prompt, images, **kw) -> responses, chat_session(model, **kw),
+    calibration(model, progress) -> the stored (or just measured) cost model."""
 
     load: Callable
     stream_generate: Callable
     chat_session: Callable
+    calibration: Callable
+
+
+def calibration_announced(model, progress):
+    """budget.ensure_calibration, saying first that a missing calibration is measured now (and how long it takes)."""
+    from .budget import ensure_calibration
+    from .calibration_store import load_calibration
+    from .console import note
+
+    if load_calibration(model) is None:
+        note(
+            f"no calibration of this model with {model.runtime.threads} thread(s) on this machine yet: measuring it "
+            "first (about a minute on a 2-7B model; `fastv-edge calibrate` does it ahead of time)"
+        )
+    return ensure_calibration(model, progress)[0]
 
 
 def native_backend() -> Backend:
@@ -182,7 +229,9 @@ def native_backend() -> Backend:
         raise PatchMissingError(
             f"llama-cpp-python's library does not load ({e}); rebuild it: {install_command()}"
         ) from e
-    return Backend(load=load, stream_generate=stream_generate, chat_session=ChatSession)
+    return Backend(
+        load=load, stream_generate=stream_generate, chat_session=ChatSession, calibration=calibration_announced
+    )
 
 
 def load_from_args(args, steps, backend: Backend):

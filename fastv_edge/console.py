@@ -40,6 +40,30 @@ class SlowSteps:
                 print(f"{message}: done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
 
 
+class StepLines:
+    """Progress hook that always prints: '<step> ...' when it starts, '  done in X s' when it ends."""
+
+    def __init__(self, enabled: bool = True, stream=None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+
+    @contextmanager
+    def __call__(self, message: str):
+        if not self.enabled:
+            yield
+            return
+        print(f"{message} ...", file=self.stream, flush=True)
+        t0 = time.perf_counter()
+        yield
+        print(f"  done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
+
+
+def format_plan(plan) -> str:
+    """The TTFT planner's choice, one line: 'plan (budget 5.0 s): cap 256 -> 234 image tokens, ...'."""
+    parts = ", ".join(f"{k} {v / 1e3:.2f} s" for k, v in plan.parts.items() if v >= 0.5)
+    return f"plan (budget {plan.budget_ms / 1e3:.1f} s): {plan.describe()} ({parts})"
+
+
 def format_stats(r, prune: PruneConfig, threads=None) -> str:
     """One line of request statistics from a final GenerationResponse (and the model's ThreadCounts).
 
@@ -55,14 +79,27 @@ def format_stats(r, prune: PruneConfig, threads=None) -> str:
         f"select {stats.select_ms:.1f} ms | "
         f"prefill {r.prefill_ms:.0f} ms (shallow {r.shallow_ms:.0f} + deep {r.deep_ms:.0f}) | "
         f"ttft {r.ttft_ms:.0f} ms | {r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}"
-        f"{' | ' + threads.describe() if threads is not None else ''}]"
+        f"{' | ' + threads.describe() if threads is not None else ''}"
+        f"{_predicted(r)}]"
     )
+
+
+def _predicted(r) -> str:
+    plan = getattr(r, "plan", None)
+    if plan is None:
+        return ""
+    return f" | predicted ttft {plan.predicted_ms:.0f} ms (budget {plan.budget_ms / 1e3:.1f} s)"
 
 
 def format_image(index: int, img) -> str:
     """'image 1: 36x27 grid, 972 tokens, cached' from an ImageStats."""
     grid = f"{img.grid[0]}x{img.grid[1]} grid, " if img.grid else ""
     return f"image {index}: {grid}{img.n_tokens} tokens{', cached' if img.cached else ''}"
+
+
+def note(message: str) -> None:
+    """One 'fastv-edge: ...' line on stderr."""
+    print(f"fastv-edge: {message}", file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:

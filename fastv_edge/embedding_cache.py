@@ -240,6 +240,13 @@ class EmbeddingCache:
         self._remember(key, found[0])
         return found[0]
 
+    def contains(self, key: str) -> bool:
+        """True when get(key) would find an entry (memory or disk), without reading it (the TTFT planner asks)."""
+        with self._lock:
+            if key in self._memory:
+                return True
+        return self.store is not None and self.store.path(key).is_file()
+
     def put(self, key: str, rows: np.ndarray, meta: dict) -> np.ndarray:
         """Store freshly encoded rows; returns them read-only (a later hit returns the same values).
 

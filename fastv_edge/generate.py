@@ -16,6 +16,7 @@ import ctypes
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +195,7 @@ def _respond(
     sampling: SamplingConfig,
     progress: Progress,
     t_start: float,
+    plan=None,
 ) -> Iterator[GenerationResponse]:
     check_fits(prompt, prune, cache.n_used, model.n_ctx)
     vocab = llama_cpp.llama_model_get_vocab(model.llm.model)
@@ -206,14 +208,14 @@ def _respond(
     try:
         with TokenBatch(model.llm.n_batch) as batch:  # Llama clamps n_batch to n_ctx
             steps = generate_step(model, cache, sampler, batch)
-            yield from _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start)
+            yield from _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start, plan)
     finally:
         sampler.close()
 
 
-def _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start):
+def _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start, plan=None):
     n, t_first = 0, 0.0
-    step = dict(stats=stats, flops_ratio=_flops_ratio(model, stats))
+    step = dict(stats=stats, flops_ratio=_flops_ratio(model, stats), plan=plan)
     for token in steps:
         now = time.perf_counter()
         if n == 0:
@@ -332,6 +334,7 @@ def stream_generate(
     cache: PromptCache | None = None,
     instruction: str | None = None,
     progress: Progress = no_progress,
+    ttft_budget: float | None = None,
 ) -> Iterator[GenerationResponse]:
     """Answer one prompt about zero or more images, streaming.
 
@@ -350,27 +353,45 @@ def stream_generate(
         instruction: the text CDPruner ranks image tokens against (default: `prompt` without
             its image markers).
         progress: progress hook for slow steps (the CLI prints them).
+        ttft_budget: seconds to the first token: the planner (fastv_edge.planner) picks the image-token
+            cap and the pruning that keep the most image tokens within it, from this machine's
+            calibration (measured and stored first when there is none). `prune` then only names the
+            strategy it may use (None: any); each response's `plan` holds the plan and its prediction.
 
     Yields:
         GenerationResponse per generated token; the last one has finish_reason set.
+
+    Raises:
+        planner.BudgetTooSmallError: (a ValueError) no plan fits the budget; it names the smallest time.
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
     for text, what in ((prompt, "the prompt"), (system, "the system message"), (instruction, "the instruction")):
         check_text(text, what)
-    prune = prune or model.prune
+    family, prune = prune, prune or model.prune
     prune.check_layer(model.info.n_layer)
     sampling = sampling or SamplingConfig()
     decoded = load_images(images)  # one pixel budget for the request
     check_images(model.mmproj.image_limit if model.mmproj else None, decoded)
     text = build_prompt(model, prompt, len(decoded), apply_template=apply_template, system=system)
-    t_start = time.perf_counter()
     cache = cache if cache is not None else PromptCache()
+    plan, cap = None, nullcontext()
+    if ttft_budget is not None:
+        from . import budget
+
+        cost = budget.calibration_for(model, cache.empty, progress)  # before the clock: it may take a minute
+        t_start = time.perf_counter()  # the planning is part of the wait
+        plan, prune = budget.plan_request(
+            model, decoded, text, ttft_budget, cost, family, n_past=cache.n_used, add_bos=cache.empty
+        )
+        cap = budget.image_cap(model, plan.cap)
+    else:
+        t_start = time.perf_counter()
     _claim(model, cache)
-    with tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=cache.empty) as tokens:
+    with cap, tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=cache.empty) as tokens:
         words = (instruction if instruction is not None else prompt).replace(model.marker, " ").strip()
         tokens.instruction = list(model.llm.tokenize(words.encode("utf-8"), add_bos=False, special=False))
-        yield from _respond(
+        responses = _respond(
             model,
             tokens,
             cache,
@@ -379,7 +400,12 @@ def stream_generate(
             sampling=sampling,
             progress=progress,
             t_start=t_start,
+            plan=plan,
         )
+        for i, response in enumerate(responses):
+            if i == 0 and plan is not None:
+                budget.observe(model, plan, response.ttft_ms)  # the next plan learns how fast the machine runs now
+            yield response
 
 
 def generate(model: Model, prompt: str, images: Sequence[ImageInput] = (), **kwargs) -> str:
@@ -389,7 +415,8 @@ def generate(model: Model, prompt: str, images: Sequence[ImageInput] = (), **kwa
         model: from load().
         prompt: the user's text.
         images: see stream_generate().
-        **kwargs: prune, max_tokens, sampling, apply_template, system, cache, instruction, progress.
+        **kwargs: prune, max_tokens, sampling, apply_template, system, cache, instruction, progress,
+            ttft_budget.
 
     Returns:
         The generated text.

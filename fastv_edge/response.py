@@ -86,6 +86,7 @@ class GenerationResponse:
     decode_tps: float = 0.0  # generated tokens per second after the first
     flops_ratio: float = 1.0  # paper eq. 5, this prefill vs. stock (1.0 = no saving)
     finish_reason: str | None = None
+    plan: object | None = None  # planner.Plan of a request with a TTFT budget (its prediction), else None
 
     @property
     def prompt_tokens(self) -> int:

@@ -67,6 +67,7 @@ class FakeBackend:
         self.calls: list[tuple[str, dict]] = []
         self.models: list[FakeModel] = []
         self.sessions: list[FakeSession] = []
+        self.generate_prunes: list = []  # the prune each stream_generate got (None: a budget's free choice)
 
     def load(self, model, mmproj=None, *, runtime, prune, template=None):
         self.calls.append(("load", dict(model=model, mmproj=mmproj, runtime=runtime, prune=prune, template=template)))
@@ -77,6 +78,7 @@ class FakeBackend:
 
     def stream_generate(self, model, prompt, images=(), *, prune=None, max_tokens=256, **kwargs):
         self.calls.append(("generate", dict(prompt=prompt, images=list(images), max_tokens=max_tokens, **kwargs)))
+        self.generate_prunes.append(prune)
         yield from self.respond(prune or model.prune, len(images), max_tokens, prompt_tokens=20)
 
     def respond(self, prune: PruneConfig, n_images: int, max_tokens: int, prompt_tokens: int):
@@ -110,6 +112,10 @@ class FakeBackend:
             last = i == len(pieces) - 1
             reason = ("length" if len(pieces) == max_tokens else "stop") if last else None
             yield GenerationResponse(text=text, token=100 + i, generation_tokens=i + 1, finish_reason=reason, **step)
+
+    def calibration(self, model, progress):
+        self.calls.append(("calibration", dict(model=model.path)))
+        return None
 
     def chat_session(self, model, **kwargs):
         self.calls.append(("chat_session", kwargs))

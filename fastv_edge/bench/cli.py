@@ -24,6 +24,10 @@ examples:
   fastv-edge bench -m m-q8_0.gguf -m m-q4_k_m.gguf --mmproj mmproj.gguf -r .5 -r .75 -r .9 --reps 3
   fastv-edge bench -m m.gguf --keep 192 --keep 64 --strategy fastv --strategy divprune --strategy dart \
       --strategy cdpruner --pre divprune:192 -t 1 --reps 3
+  fastv-edge bench -m m.gguf --mmproj mmproj.gguf --image photo.jpg --ttft-budget 5 --ttft-budget 10 -t 1
+
+With --ttft-budget the bench runs the TTFT planner instead of the grid: per image, stock and the plan
+of each budget (or its refusal), printing the plan, the predicted and the measured time to first token.
 """
 
 
@@ -78,9 +82,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch (default 2048)")
     p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch (default 512)")
     p.add_argument("-fa", "--flash-attn", action="store_true", help="flash attention")
-    from ..cli_args import add_image_token_args
+    from ..cli_args import add_budget_arg, add_image_token_args
 
     add_image_token_args(p)
+    add_budget_arg(p, repeatable=True)
     p.add_argument("--no-fidelity", action="store_true", help="skip the agreement/KL pass")
     p.add_argument("--no-plots", action="store_true", help="no PNG plots")
     p.add_argument("--quick", action="store_true", help="tiny models and a small grid (< 2 min): checks the harness")
@@ -122,6 +127,10 @@ def cmd_bench(args) -> int:
     from .quick import quick_models, quick_settings
     from .report import format_table
 
+    if args.ttft_budget:
+        from .budgets import cmd_budgets
+
+        return cmd_budgets(args)
     notes = []
     if args.quick:
         if args.model:
