@@ -26,7 +26,7 @@ from .config import PruneConfig, SamplingConfig
 from .decode import TokenBatch
 from .flops import flops_ratio
 from .images import RGBImage, load_image
-from .model import Model
+from .model import Model, check_supported
 from .prefill import Progress, check_fits, no_progress, prefill
 from .prompt import Prompt, tokenize
 from .response import GenerationResponse, PrefillStats
@@ -312,7 +312,7 @@ def stream_generate(
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     prune = prune or model.prune
-    prune.check_layer(model.info.n_layer)
+    check_supported(model.info.architecture, model.info.n_layer, prune)
     sampling = sampling or SamplingConfig()
     decoded = [img if isinstance(img, RGBImage) else load_image(img) for img in images]
     text = build_prompt(model, prompt, len(decoded), apply_template=apply_template, system=system)

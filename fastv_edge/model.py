@@ -30,9 +30,20 @@ from .errors import ModelLoadError, UnsupportedModelError
 from .gguf_header import FILE_TYPES, GGUFFormatError, GGUFHeader, read_header
 from .gguf_header import MAGIC as GGUF_MAGIC
 
-# Architectures whose layer loop the FastV patch hooks (llama_context::fastv_arch_supported,
-# see patches/); llama_fastv_begin returns -2 for the others.
-FASTV_ARCHITECTURES = ("llama", "qwen2vl", "gemma3")  # the graphs patches/ hooks
+# Architectures whose layer loop the FastV patch hooks (llama_fastv_arch_supported in
+# src/llama-fastv.cpp, see patches/); llama_fastv_begin returns -2 for the others.
+FASTV_ARCHITECTURES = ("llama", "qwen2vl", "gemma3", "qwen2", "qwen3", "mistral3", "qwen3vl", "gemma4")
+
+# Recurrent and hybrid architectures (llm_arch_is_recurrent / llm_arch_is_hybrid in llama-arch.cpp):
+# their conv / SSM state has absorbed every image token by layer K and has no cells to hide,
+# so FastV cannot drop tokens there; selecting rows before the LLM works like a shorter prompt.
+RECURRENT_ARCHITECTURES = frozenset(
+    {
+        *("mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "jamba", "falcon-h1", "plamo2"),
+        *("granitehybrid", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe", "qwen3next", "kimi-linear"),
+        *("bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe", "qwen4exp", "deepseek4", "minimax-01"),
+    }
+)
 
 # mmproj output size: (tensor name, axis of the shape that is n_embd), first match wins.
 # Mirrors clip_n_mmproj_embd() for the projectors of the presets.
@@ -41,6 +52,8 @@ _MMPROJ_OUT = (
     ("mm.model.fc.weight", 1),  # idefics3 (SmolVLM)
     ("mm.input_projection.weight", 0),  # gemma3
 )
+# Gemma 4's projectors (gemma4v, ...) store their input projection the other way round (ne[1]).
+_MMPROJ_OUT_GEMMA4 = (("mm.input_projection.weight", 1),)
 
 
 @dataclass(frozen=True)
@@ -159,8 +172,9 @@ def read_mmproj_info(path: str | os.PathLike) -> MmprojInfo:
     if not header.get("clip.has_vision_encoder", False):
         raise ModelLoadError(f"mmproj has no vision encoder (clip.has_vision_encoder is false): {path}")
     shapes = {t.name: t.shape for t in header.tensors}  # GGUF order: ne0, ne1, ...
-    n_out = next((shapes[n][axis] for n, axis in _MMPROJ_OUT if n in shapes), None)
     proj = header.get("clip.vision.projector_type") or header.get("clip.projector_type") or "unknown"
+    rules = _MMPROJ_OUT_GEMMA4 if str(proj).startswith("gemma4") else _MMPROJ_OUT
+    n_out = next((shapes[n][axis] for n, axis in rules if n in shapes), None)
     size = header.get("clip.vision.image_size")
     return MmprojInfo(str(path), str(proj), n_out, int(size) if size else None, True)
 
@@ -186,6 +200,12 @@ def check_supported(architecture: str, n_layer: int, prune: PruneConfig) -> None
         UnsupportedModelError: naming the stock-path alternative.
         ValueError: K outside [1, n_layer).
     """
+    if prune.in_llm and architecture in RECURRENT_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"FastV (in-LLM pruning at layer K >= 1) does not apply to {architecture!r}: its recurrent layers "
+            "have absorbed every image token before layer K and keep no cells to drop; select tokens before "
+            "the LLM instead: --strategy divprune -k 0 (or dart|cdpruner|random with -k 0)"
+        )
     if prune.in_llm and architecture not in FASTV_ARCHITECTURES:
         raise UnsupportedModelError(
             f"FastV (in-LLM pruning at layer K >= 1) does not support architecture {architecture!r} "
