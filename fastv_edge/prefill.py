@@ -83,7 +83,7 @@ def check_fits(prompt: Prompt, prune: PruneConfig, n_used: int, n_ctx: int) -> N
         n_img = prompt.n_image_tokens
         n_text = prompt.n_tokens - n_img
         raise ContextOverflowError(
-            f"prompt needs {n_cells} KV cells ({n_text} text + {n_cells - n_text} of {n_img} image tokens) but only "
+            f"prompt needs {n_cells} KV cells ({n_text} text + {n_cells - n_text} image) but only "
             f"{n_ctx - n_used} of the context's {n_ctx} are free; raise n_ctx (-c), prune before the LLM "
             "(--strategy divprune -k 0 --keep N) or shorten the prompt"
         )

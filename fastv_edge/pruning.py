@@ -85,7 +85,7 @@ def stage_budgets(config: PruneConfig, n_image: int) -> tuple[int, int]:
     b1 = n_image if pre is None else n_keep(pre, n_image)
     if not config.in_llm:
         return b1, b1
-    if config.keep is not None and config.keep > b1:
+    if pre is not None and config.keep is not None and config.keep > b1:
         raise ValueError(
             f"the layer-{config.layer} stage keeps keep={config.keep} image tokens but only {b1} of {n_image} "
             f"enter the LLM after the {pre.strategy} stage; use keep <= {b1} or a larger pre-stage budget"

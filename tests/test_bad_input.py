@@ -57,7 +57,7 @@ def test_unsupported_architecture_is_refused_with_the_fix(tmp_path):
     """Policy: refuse (no silent fallback); --strategy none runs the model on the stock path."""
     path = tmp_path / "phi3.gguf"
     _metadata_only_gguf(path, "phi3")
-    with pytest.raises(fe.UnsupportedModelError, match=r"'phi3'.*strategy 'none' \(--strategy none\)"):
+    with pytest.raises(fe.UnsupportedModelError, match=r"'phi3'.*-k 0.*unpruned \(--strategy none\)"):
         fe.load(path)
     with pytest.raises(fe.ModelLoadError):  # with 'none' it gets past the check to llama.cpp (no tensors here)
         fe.load(path, prune=fe.PruneConfig(strategy="none"))

@@ -17,6 +17,7 @@ import time
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
+from ..config import PruneConfig
 from ..images import RGBImage, load_image
 from ..prefill import PrefillStats, check_fits, prefill
 from ..prompt import Prompt, TextPiece, pseudo_image, tokenize
@@ -59,7 +60,7 @@ class MtmdWorkload:
         self.text = prompt_text(model.marker, len(self.images)) if spec.prompt is None else spec.prompt
         with tokenize(model.llm, model.mtmd_ctx, self.text, self.images, add_special=True) as p:
             self.n_prompt_tokens, self.n_image_tokens = p.n_tokens, p.n_image_tokens
-            check_fits(p, 0, model.n_ctx)
+            check_fits(p, PruneConfig(strategy="none"), 0, model.n_ctx)
             self.encode_cpu_ms = min(self._encode_cpu(p) for _ in range(2))  # the 1st also warms up
 
     def _encode_cpu(self, prompt) -> float:
