@@ -11,7 +11,8 @@ answers or the FastV fidelity of these files. Each file carries the GGUF key
 Memory stays bounded: the base file is written tensor by tensor straight in Q8_0 (per 32
 values one f16 scale + 32 random int8; no float32 copy of a matrix) or F16, with
 gguf.GGUFWriter's add_tensor_info + write_tensor_data. The other types come from
-llama_model_quantize (allow_requantize, since the input is already Q8_0).
+llama_model_quantize (allow_requantize, since the input is already Q8_0), in row slabs of
+512 MiB (the largest matrix, Gemma 4's per-layer embeddings, would otherwise take 11 GB).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (QK8_0,))])  # 34 bytes, ggml'
 INT8_STD = float(np.sqrt((255**2 - 1) / 12))  # std of a uniform integer in [-127, 127]
 # llama_ftype values of llama.h (llama_cpp exposes them as LLAMA_FTYPE_MOSTLY_*)
 FTYPES = {"f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+QUANT_BUF_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -428,6 +430,9 @@ def quantize(src: Path, dst: Path, qtype: str, n_threads: int) -> Path:
     params.ftype = FTYPES[qtype]
     params.nthread = n_threads
     params.allow_requantize = True
+    # rows in slabs of at most this many bytes (llama.cpp's default is 8 GiB: Gemma 4's per-layer embedding
+    # table, 262144 x 10752, would be dequantized to f32 whole, 11 GB)
+    params.max_buf_size = QUANT_BUF_BYTES
     tmp = dst.with_suffix(".partial")
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
     if rc != 0:
