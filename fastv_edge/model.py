@@ -100,9 +100,15 @@ def _open_gguf(path: str | os.PathLike, what: str, **read) -> GGUFHeader:
 
 def _hparams_read(values: dict) -> bool:
     """True once the keys load() checks before llama.cpp sees the file are in (they precede
-    the vocabulary in converted files, so reading stops before it)."""
+    the vocabulary in converted files, so reading stops before it). feed_forward_length is
+    waited for too: llama-cpp-python's metadata leaves out arrays, and Gemma 4 stores it per
+    layer; the first tokenizer key ends the wait for files without it."""
     arch = values.get("general.architecture")
-    return arch == "clip" or (f"{arch}.block_count" in values and f"{arch}.embedding_length" in values)
+    if arch == "clip":
+        return True
+    if f"{arch}.block_count" not in values or f"{arch}.embedding_length" not in values:
+        return False
+    return f"{arch}.feed_forward_length" in values or any(key.startswith("tokenizer.") for key in values)
 
 
 def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelInfo:

@@ -177,6 +177,7 @@ def test_python_api_with_the_family_template(pair, photos):
 
     runtime = fe.RuntimeConfig(n_ctx=2048, n_threads=1)
     with fe.load(pair["lm"].path, pair["mmproj"], runtime=runtime, template=TEMPLATES[pair["kind"]]) as model:
+        assert model.info.n_ff == pair["lm"].hparams.n_ff  # gemma4 stores it per layer, as an array
 
         def run(prune):
             images = [photos["chelsea"]]
