@@ -28,7 +28,7 @@ from .decode import TokenBatch
 from .flops import flops_ratio
 from .image_grid import check_images
 from .images import RGBImage, load_images
-from .model import Model
+from .model import Model, check_supported
 from .prefill import Progress, check_fits, no_progress, prefill
 from .prompt import Prompt, tokenize
 from .response import GenerationResponse, PrefillStats
@@ -369,7 +369,7 @@ def stream_generate(
     for text, what in ((prompt, "the prompt"), (system, "the system message"), (instruction, "the instruction")):
         check_text(text, what)
     family, prune = prune, prune or model.prune
-    prune.check_layer(model.info.n_layer)
+    check_supported(model.info.architecture, model.info.n_layer, prune)
     sampling = sampling or SamplingConfig()
     decoded = load_images(images)  # one pixel budget for the request
     check_images(model.mmproj.image_limit if model.mmproj else None, decoded)

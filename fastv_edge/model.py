@@ -42,9 +42,20 @@ from .mmproj_keys import ARRAY_KEYS, check_key_types
 from .model_check import TOKENS, check_text_model, wants_array
 from .response import ThreadCounts
 
-# Architectures whose layer loop the FastV patch hooks (llama_context::fastv_arch_supported,
-# see patches/); llama_fastv_begin returns -2 for the others.
-FASTV_ARCHITECTURES = ("llama", "qwen2vl", "gemma3")  # the graphs patches/ hooks
+# Architectures whose layer loop the FastV patch hooks (llama_fastv_arch_supported in
+# src/llama-fastv.cpp, see patches/); llama_fastv_begin returns -2 for the others.
+FASTV_ARCHITECTURES = ("llama", "qwen2vl", "gemma3", "qwen2", "qwen3", "mistral3", "qwen3vl", "gemma4")
+
+# Recurrent and hybrid architectures (llm_arch_is_recurrent / llm_arch_is_hybrid in llama-arch.cpp):
+# their conv / SSM state has absorbed every image token by layer K and has no cells to hide,
+# so FastV cannot drop tokens there; selecting rows before the LLM works like a shorter prompt.
+RECURRENT_ARCHITECTURES = frozenset(
+    {
+        *("mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "jamba", "falcon-h1", "plamo2"),
+        *("granitehybrid", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe", "qwen3next", "kimi-linear"),
+        *("bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe", "qwen4exp", "deepseek4", "minimax-01"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,12 @@ def check_supported(architecture: str, n_layer: int, prune: PruneConfig) -> None
         UnsupportedModelError: naming the stock-path alternative.
         ValueError: K outside [1, n_layer).
     """
+    if prune.in_llm and architecture in RECURRENT_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"FastV (in-LLM pruning at layer K >= 1) does not apply to {architecture!r}: its recurrent layers "
+            "have absorbed every image token before layer K and keep no cells to drop; select tokens before "
+            "the LLM instead: --strategy divprune -k 0 (or dart|cdpruner|random with -k 0)"
+        )
     if prune.in_llm and architecture not in FASTV_ARCHITECTURES:
         raise UnsupportedModelError(
             f"FastV (in-LLM pruning at layer K >= 1) does not support architecture {architecture!r} "
