@@ -108,24 +108,23 @@ def test_handler_selects_before_the_llm_like_the_python_api(tiny, photos, strate
     assert handler.last_stats.kept == api[-1].stats.kept  # cdpruner: the same instruction, the same selection
 
 
-@pytest.mark.parametrize("name", ["qwen3vl", pytest.param("gemma4", marks=pytest.mark.slow)])
-def test_families_without_fastv_select_before_the_llm(tiny_dir, name):
-    """load() refuses in-LLM pruning on them, naming the pre-LLM strategies; those run through mtmd,
-    and a request asking for FastV anyway fails cleanly, leaving the model usable."""
+@pytest.mark.parametrize(("name", "layer"), [("qwen3vl", 2), pytest.param("gemma4", 4, marks=pytest.mark.slow)])
+def test_new_families_select_before_the_llm_and_inside_it(tiny_dir, name, layer):
+    """qwen3vl (deepstack rows) and gemma4 run selection before the LLM through mtmd, and a request
+    asking for two stages (DivPrune, then FastV at a K whose layer K-1 ranks every token) on the same
+    model leaves the pre-LLM answers unchanged."""
     case = family_case(tiny_dir, name)
     runtime = fe.RuntimeConfig(n_ctx=512, n_threads=1)
-    for prune in (fe.PruneConfig(layer=2), fe.PruneConfig(strategy="fastv", layer=2, keep=4, pre="divprune:8")):
-        with pytest.raises(fe.UnsupportedModelError, match=r"--strategy divprune\|dart\|cdpruner\|random with -k 0"):
-            fe.load(case.lm, case.mmproj, runtime=runtime, prune=prune)
     with fe.load(case.lm, case.mmproj, runtime=runtime, prune=fe.PruneConfig(strategy="dart", keep=8)) as model:
         ask = dict(max_tokens=3, apply_template=False)
         out = list(fe.stream_generate(model, RAW.format(marker=model.marker), [photo()], **ask))
-        with pytest.raises(fe.UnsupportedModelError, match="no FastV support"):
-            list(fe.stream_generate(model, RAW.format(marker=model.marker), [photo()], prune=fe.PruneConfig(), **ask))
+        two = fe.PruneConfig(strategy="fastv", layer=layer, keep=4, pre="divprune:8")
+        both = list(fe.stream_generate(model, RAW.format(marker=model.marker), [photo()], prune=two, **ask))
         again = list(fe.stream_generate(model, RAW.format(marker=model.marker), [photo()], **ask))
     stats = out[-1].stats
     assert stats.strategy == "dart K=0 keep=8" and stats.n_kept == 8 and len(stats.kept) == 8
     assert stats.n_cells == out[-1].prompt_tokens - stats.n_image_tokens + 8
+    assert both[-1].stats.n_kept == 4 and both[-1].stats.n_unranked == 0
     assert [r.token for r in again] == [r.token for r in out]
 
 
@@ -133,21 +132,18 @@ def test_a_hybrid_model_loads_for_selection_only(tiny_dir):
     """lfm2 (conv + attention): FastV is refused at load, selection before the LLM is accepted."""
     case = family_case(tiny_dir, "lfm2")
     runtime = fe.RuntimeConfig(n_ctx=256, n_threads=1)
-    with pytest.raises(fe.UnsupportedModelError, match="architecture 'lfm2'"):
+    with pytest.raises(fe.UnsupportedModelError, match="does not apply to 'lfm2'.*--strategy divprune -k 0"):
         fe.load(case.lm, runtime=runtime, prune=fe.PruneConfig(strategy="random", layer=1))
     with fe.load(case.lm, runtime=runtime, prune=fe.PruneConfig(strategy="random", layer=0, keep=4)) as model:
         assert model.prune.pre_llm and fe.generate(model, "Hello", max_tokens=2)  # a text-only turn prunes nothing
 
 
-def test_handler_on_a_family_without_fastv(tiny_dir):
+def test_handler_selects_before_the_llm_on_qwen3vl(tiny_dir):
     from llama_cpp import Llama
 
     case = family_case(tiny_dir, "qwen3vl")
     llm = Llama(str(case.lm), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
     try:
-        refused = fe.FastVChatHandler(clip_model_path=str(case.mmproj), verbose=False)  # default: FastV K=2
-        with pytest.raises(fe.UnsupportedModelError, match="qwen3vl"):
-            _ask(llm, refused, _photo_uri(), max_tokens=2)
         prune = fe.PruneConfig(strategy="cdpruner", drop_ratio=0.75)
         handler = fe.FastVChatHandler(clip_model_path=str(case.mmproj), prune=prune, verbose=False)
         out = _ask(llm, handler, _photo_uri(), max_tokens=2)

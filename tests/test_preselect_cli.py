@@ -21,7 +21,8 @@ def test_run_reports_the_selection(cli_env, tiny, photos):
     assert out.returncode == 0, out.stderr
     [line] = [line for line in out.stderr.splitlines() if line.startswith("[kept")]
     assert line.startswith("[kept 16/64 image tokens (cdpruner K=0 keep=16 theta=0.50) | ")
-    n_cells = int(line.split(" | ")[1].split()[0])
+    [cells] = [part for part in line.split(" | ") if part.endswith(" KV cells")]
+    n_cells = int(cells.split()[0])
     assert "| select " in line and "| prefill " in line and "+ deep 0)" in line
     report = json.loads(run(cli_env, tiny, photos, "--strategy", "cdpruner", "--keep", "16", "--json").stdout)
     assert (report["strategy"], report["n_kept"], report["n_image_tokens"]) == (
