@@ -23,6 +23,12 @@ class SlowSteps:
         if not self.enabled:
             yield
             return
+        if self.after <= 0:  # every step is announced: no timer thread
+            print(f"{message} ...", file=self.stream, flush=True)
+            t0 = time.perf_counter()
+            yield
+            print(f"{message}: done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
+            return
         shown = threading.Event()
 
         def show():
@@ -40,22 +46,11 @@ class SlowSteps:
                 print(f"{message}: done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
 
 
-class StepLines:
-    """Progress hook that always prints: '<step> ...' when it starts, '  done in X s' when it ends."""
+class StepLines(SlowSteps):
+    """Progress hook that prints every step at once: '<step> ...', then '<step>: done in X s'."""
 
     def __init__(self, enabled: bool = True, stream=None):
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-
-    @contextmanager
-    def __call__(self, message: str):
-        if not self.enabled:
-            yield
-            return
-        print(f"{message} ...", file=self.stream, flush=True)
-        t0 = time.perf_counter()
-        yield
-        print(f"  done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
+        super().__init__(enabled, after=0.0, stream=stream)
 
 
 def format_plan(plan) -> str:

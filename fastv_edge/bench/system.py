@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..calibration_store import cpu_name
+
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
@@ -66,16 +68,6 @@ class PeakRSS:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _cpu_flags() -> list[str]:
     wanted = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
     try:
@@ -106,7 +98,7 @@ def machine_info() -> dict:
 
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_name(),
         "cpu_flags": _cpu_flags(),
         "ram_gib": _ram_gib(),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
