@@ -12,7 +12,7 @@ with a third, optional element per segment:
 Each segment is one llama_decode call: a non-causal segment's tokens see every cell that
 exists while it is decoded (the earlier prompt and the whole segment), never later ones.
 
-What llama.cpp computes, with pointers into the pinned tree (/work/dev/llama.cpp):
+What llama.cpp computes, with pointers into the pinned llama.cpp (vendored in llama-cpp-python 0.3.36):
 - mask (src/llama-kv-cache.cpp set_input_kq_mask_impl:1593-1740): a causal query at p1
   sees cells with p0 <= p1; for M-RoPE, a cell with p0 == p1 is hidden when its (y, x) is
   after the query's (llama_kv_cell_ext::is_2d_gt, src/llama-kv-cells.h:22-25, y first);

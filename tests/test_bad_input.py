@@ -1,4 +1,4 @@
-"""Every bad input of issue 4 gives a clear Python exception before anything reaches C."""
+"""Every bad input gives a clear Python exception before anything reaches C."""
 
 import struct
 import zlib

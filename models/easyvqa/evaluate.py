@@ -1,7 +1,7 @@
 """Greedy answers from the PyTorch VLM and their accuracy on an easy-vqa split.
 
 Usage (weights written by train.py):
-    python -m models.easyvqa.evaluate --weights /work/dev/easyvqa [--split test] [--limit N]
+    python -m models.easyvqa.evaluate --weights out/easyvqa [--split test] [--limit N]
 """
 
 from __future__ import annotations

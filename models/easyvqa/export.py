@@ -1,6 +1,6 @@
 """Export the trained easy-VQA weights (.npz, GGUF names, PyTorch shapes) to the GGUF pair llama.cpp loads.
 
-    python -m models.easyvqa.export [--weights /work/dev/easyvqa] [--out models/easyvqa]
+    python -m models.easyvqa.export [--weights out/easyvqa] [--out models/easyvqa]
 
 Writes easyvqa-lm-q8_0.gguf (llama arch, SmolLM2 tokenizer, matrices Q8_0) and
 easyvqa-mmproj-f32.gguf (CLIP ViT + LLaVA 'mlp' projector; F32 because it is only ~3.5 MB and
@@ -21,7 +21,7 @@ from fastv_edge.testing.llama_gguf import LlamaHParams, read_tokenizer, write_ll
 from fastv_edge.testing.mmproj import ClipHParams, write_mmproj_gguf
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_WEIGHTS = Path("/work/dev/easyvqa")
+DEFAULT_WEIGHTS = Path("out/easyvqa")
 LM_NAME = "easyvqa-lm-q8_0.gguf"
 MMPROJ_NAME = "easyvqa-mmproj-f32.gguf"
 

@@ -8,9 +8,9 @@ seeded random. It writes a JSON file per --shard. A shard file that exists is co
 redone: only settings missing from it run. `--merge` joins the shards into markdown tables and a
 plot (accuracy vs kept image tokens).
 
-    python -m models.easyvqa.prune_eval --n 1000 --shard 0/2 --out /tmp/pe &   # one core each
-    python -m models.easyvqa.prune_eval --n 1000 --shard 1/2 --out /tmp/pe
-    python -m models.easyvqa.prune_eval --merge /tmp/pe --docs docs
+    python -m models.easyvqa.prune_eval --n 1000 --shard 0/2 --out out/easyvqa-sweep &   # one core each
+    python -m models.easyvqa.prune_eval --n 1000 --shard 1/2 --out out/easyvqa-sweep
+    python -m models.easyvqa.prune_eval --merge out/easyvqa-sweep --docs docs
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train the easy-vqa VLM on CPU, deterministically, and save numpy weights plus provenance.
 
-    nice -n 19 python -m models.easyvqa.train --out /work/dev/easyvqa --log /work/dev/easyvqa-train.log
+    nice -n 19 python -m models.easyvqa.train --out out/easyvqa --log out/easyvqa-train.log
 
 Stage 1 teaches the ViT shapes and colours with small classifier heads (a ViT trained from scratch only
 through the LM stalls at ~78% accuracy: colours learnt, shapes at chance). Stage 2 trains the whole VLM,
@@ -46,8 +46,8 @@ REPO_PROVENANCE = Path(__file__).with_name("provenance.json")
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("/work/dev/easyvqa"))
-    ap.add_argument("--log", type=Path, default=Path("/work/dev/easyvqa-train.log"))
+    ap.add_argument("--out", type=Path, default=Path("out/easyvqa"))
+    ap.add_argument("--log", type=Path, default=Path("out/easyvqa-train.log"))
     ap.add_argument("--provenance", type=Path, default=REPO_PROVENANCE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vision-steps", type=int, default=300)
