@@ -32,8 +32,8 @@ SANITIZE = "-fsanitize=address,undefined"
 COMPILE_FLAGS = f"{SANITIZE} -fno-omit-frame-pointer"
 # -g1: line tables, enough for file:line in reports (-g doubles the compile time); no -DNDEBUG: assert()s stay on
 OPT_FLAGS = "-O1 -g1"
-# The native exactness, misuse and chat tests, a slice of the qwen2vl/gemma3 exactness tests
-# (patches 0004 and 0005), and the check that the sanitized copy is the one loaded.
+# The native exactness, misuse and chat tests, a slice of the exactness tests of every family the
+# patches hook and of the pre-LLM row decode, and the check that the sanitized copy is the one loaded.
 TESTS = (
     "tests/test_sanitize.py",
     "tests/test_fastv_exact.py",
@@ -44,6 +44,16 @@ TESTS = (
     "tests/test_fastv_archs.py::test_fastv_matches_reference[qwen2vl-2-0.5]",
     "tests/test_fastv_archs.py::test_fastv_matches_reference[gemma3-2-0.5]",
     "tests/test_fastv_archs.py::test_chunking_invariance[gemma3]",  # the non-causal image block split
+    # the family patches (0009-0013): deepstack rows, per-layer inputs, shared-KV layers, a second turn
+    "tests/test_fastv_families.py::test_fastv_matches_reference[qwen2-2-0.5]",
+    "tests/test_fastv_families.py::test_fastv_matches_reference[qwen3vl-2-0.5]",
+    "tests/test_fastv_families.py::test_fastv_matches_reference[gemma4-e2b-2-0.5]",
+    "tests/test_fastv_families.py::test_fastv_matches_reference[gemma4-31b-2-0.5]",
+    "tests/test_fastv_families.py::test_qwen3vl_replay_carries_the_deepstack_slices[1]",
+    "tests/test_fastv_families.py::test_gemma4_shared_kv_layers_from_k_keep_every_token[gemma4-e2b]",
+    "tests/test_fastv_families.py::test_second_turn_after_pruned_prefill[gemma4-e2b]",
+    # positions with gaps (0014): rows selected before the LLM, decoded at their own positions
+    "tests/test_preselect_rows.py",
 )
 DESELECT = (
     # This build keeps assert() on (no -DNDEBUG), where upstream's llama_context::get_logits_ith()
