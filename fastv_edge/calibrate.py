@@ -63,18 +63,13 @@ def _image_prompt(model, image):
 
 def _encode_once(model, image) -> tuple[int, float]:
     """(tokens, ms) of one mtmd_encode_chunk of `image` (preprocessing not timed)."""
-    import llama_cpp.mtmd_cpp as mtmd
-
-    from .errors import NativeError
+    from .encoder import run_encoder
 
     with _image_prompt(model, image) as prompt:
         piece = prompt.images[0]
         t0 = time.perf_counter()
-        rc = mtmd.mtmd_encode_chunk(model.mtmd_ctx, piece.chunk)
-        ms = (time.perf_counter() - t0) * 1e3
-        if rc != 0:
-            raise NativeError("mtmd_encode_chunk", rc, "calibration picture: the vision encoder failed")
-        return piece.n_tokens, ms
+        run_encoder(model.mtmd_ctx, piece)
+        return piece.n_tokens, (time.perf_counter() - t0) * 1e3
 
 
 def measure_encode(model, progress: Progress) -> tuple[list[int], list[float], object]:

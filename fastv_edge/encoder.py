@@ -70,12 +70,32 @@ class ImageEncoder:
             if embd is not None:
                 return Encoded(embd, (time.perf_counter() - t0) * 1e3, cached=True, grid=grid)
         t0 = time.perf_counter()
-        rc = mtmd.mtmd_encode_chunk(self.mtmd_ctx, piece.chunk)
-        if rc != 0:
-            raise NativeError("mtmd_encode_chunk", rc, f"{piece.name}: the vision encoder failed")
-        out = mtmd.mtmd_get_output_embd(self.mtmd_ctx)
-        embd = np.ctypeslib.as_array(out, shape=(piece.n_tokens, self.n_embd_inp)).copy()  # (n_tokens, n_embd_inp)
+        embd = encode_rows(self.mtmd_ctx, piece, self.n_embd_inp)
         encode_ms = (time.perf_counter() - t0) * 1e3
         if key is not None:
             embd = self.cache.put(key, embd, {"name": piece.name, "grid": grid, "encode_ms": encode_ms})
         return Encoded(embd, encode_ms, grid=grid)
+
+
+def run_encoder(mtmd_ctx, piece: ImagePiece) -> None:
+    """mtmd_encode_chunk on an image piece; its rows wait in mtmd's output buffer until the next encode.
+
+    Raises:
+        NativeError: the vision encoder failed.
+    """
+    rc = mtmd.mtmd_encode_chunk(mtmd_ctx, piece.chunk)
+    if rc != 0:
+        raise NativeError("mtmd_encode_chunk", rc, f"{piece.name}: the vision encoder failed")
+
+
+def encode_rows(mtmd_ctx, piece: ImagePiece, width: int) -> np.ndarray:
+    """An image piece's rows, encoded now (no cache): a (piece.n_tokens, width) float32 copy.
+
+    Args:
+        mtmd_ctx: the mtmd context.
+        piece: the image piece.
+        width: floats per row (llama_model_n_embd_inp of the text model, or the projector's width).
+    """
+    run_encoder(mtmd_ctx, piece)
+    out = mtmd.mtmd_get_output_embd(mtmd_ctx)
+    return np.ctypeslib.as_array(out, shape=(piece.n_tokens, width)).copy()

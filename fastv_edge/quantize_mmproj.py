@@ -256,15 +256,9 @@ def _measure(text_model, n_embd: int, paths, image, n_threads: int, reps: int, m
 
 def _encode(ctx, piece, n_embd: int) -> np.ndarray:
     # the vocab-only stand-in has no hyperparameters (n_embd_inp 0), so the width is the projector's
-    import llama_cpp.mtmd_cpp as mtmd
+    from .encoder import encode_rows
 
-    from .errors import NativeError
-
-    rc = mtmd.mtmd_encode_chunk(ctx, piece.chunk)
-    if rc != 0:
-        raise NativeError("mtmd_encode_chunk", rc, "the vision encoder failed")
-    out = mtmd.mtmd_get_output_embd(ctx)
-    return np.ctypeslib.as_array(out, shape=(piece.n_tokens, n_embd)).copy()  # (n_tokens, n_embd)
+    return encode_rows(ctx, piece, n_embd)  # (n_tokens, n_embd)
 
 
 def _marker() -> str:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import time
 
-import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
 from ..config import PruneConfig
+from ..encoder import run_encoder
 from ..images import RGBImage, load_image
 from ..prefill import PrefillStats, check_fits, prefill
 from ..prompt import Prompt, TextPiece, pseudo_image, tokenize
@@ -69,8 +69,7 @@ class MtmdWorkload:
         # here, so that prefill CPU time = TTFT CPU time - this
         c0 = time.process_time()
         for piece in prompt.images:
-            if mtmd.mtmd_encode_chunk(self.model.mtmd_ctx, piece.chunk) != 0:
-                raise RuntimeError("mtmd_encode_chunk failed")
+            run_encoder(self.model.mtmd_ctx, piece)
         return (time.process_time() - c0) * 1e3
 
     def prefill(self, prune) -> tuple[int, PrefillStats]:
