@@ -99,7 +99,8 @@ def easyvqa_model(directory: Path) -> DemoModel | None:
         mmproj=found[1],
         image=image,
         prompt=easyvqa_prompt(questions[0], directory),
-        flags=("-n", "8", "--raw", "-t", "1"),  # one thread: a 4-layer model gains nothing from more
+        # one thread: a 4-layer model gains nothing from more; --no-cache: both runs pay the encode
+        flags=("-n", "8", "--raw", "-t", "1", "--no-cache"),
         intro=(
             f"demo: easy-VQA model {found[0].name} (trained weights), easy-vqa test image {image.name}",
             f"      question: {questions[0]!r}, sent in the exact trained ChatML prompt (--raw)",
@@ -144,7 +145,7 @@ def tiny_model(workdir: Path) -> DemoModel:
         mmproj=tiny.mmproj_path,
         image=draw_picture(workdir / "shapes.png"),
         prompt="What is in the image?",
-        flags=("-n", "16", "-t", "1"),
+        flags=("-n", "16", "-t", "1", "--no-cache"),
         intro=(
             "demo: NOTE the tiny generated model has RANDOM weights: its answers are gibberish;",
             "      this run shows the pipeline (image encode, FastV prefill, streaming) and the statistics.",
