@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from models.easyvqa.data import Split
-
 from .questions import ask, check
 from .scenes import render, sample_scene
 
@@ -105,13 +103,15 @@ def write_dataset(out: Path, p: dict) -> dict:
 
 @dataclass
 class YardstickSplit:
-    split: Split  # images, owner, questions, answers (what models.easyvqa's evaluation reads)
+    split: object  # models.easyvqa.data.Split: images, owner, questions, answers (what its evaluation reads)
     kinds: list[str]  # kind of each question
     scenes: list[dict]  # scene of each image
 
 
 def load_split(data: Path, name: str) -> YardstickSplit:
-    """One split written by write_dataset."""
+    """One split written by write_dataset (needs torch: models.easyvqa.data imports it)."""
+    from models.easyvqa.data import Split
+
     path = data / f"{name}.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: python -m models.yardstick.generator --out {data}")

@@ -1,0 +1,107 @@
+"""The yardstick VLM: models.easyvqa's LLaVA-style VLM at a new shape, plus train-only patch heads.
+
+The network itself is models.easyvqa.model.VLM (ViT + LLaVA 'mlp' projector + llama LM, written
+to compute exactly what llama.cpp computes); only the configuration differs:
+
+| part | easy-vqa | yardstick |
+|---|---|---|
+| image | 64 px, 4 px patches | 96 px, 6 px patches: still 16 x 16 = 256 image tokens |
+| LM | 4 layers | 8 layers, so FastV K = 2 leaves 6 pruned layers |
+
+PatchHeads read each ViT output token and predict what covers that patch (colour, category,
+letter, object centre). Nothing of them is exported: they make every image token carry its own
+patch's content early in training, which is also what makes the choice of tokens matter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.easyvqa.model import VLM, TextConfig, VisionConfig
+
+from .scenes import center, glyph_mask, shape_mask, side
+
+VISION = VisionConfig(image_size=96, patch_size=6, n_embd=128, n_head=4, n_ff=512, n_layer=4)
+TEXT = TextConfig(n_embd=128, n_head=4, n_head_kv=2, n_ff=384, n_layer=8)
+MIN_COVER = 0.2  # a patch belongs to an object covering at least this share of it
+
+
+def build(in_ids: list[int], out_ids: list[int], vision: VisionConfig = VISION, text: TextConfig = TEXT) -> VLM:
+    """A freshly initialised VLM over the compact token sets (see models.easyvqa.model.TextModel)."""
+    return VLM(vision, text, in_ids, out_ids)
+
+
+def configs_from_json(cfg: dict) -> tuple[VisionConfig, TextConfig]:
+    """(VisionConfig, TextConfig) from the config.json the trainer writes."""
+    vision = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["vision"].items()})
+    return vision, TextConfig(**cfg["text"])
+
+
+def side_bin(obj_side: int) -> int:
+    """Object size class of a patch label: 2-px bins from 8 px (0) up; shapes span 8-28 px."""
+    return max(0, (obj_side - 8) // 2)
+
+
+N_SIDE_BINS = side_bin(28) + 1
+
+
+def patch_labels(scene: dict, p: dict, grid: int) -> np.ndarray:
+    """(grid * grid, 7) int labels per patch, row-major: colour, category, letter, centre, size, row, column.
+
+    colour: index in p['colors'] or len (none); category: index in p['shapes'], len = glyph,
+    len + 1 = background; letter: index in p['letters'] or len (none); centre: category of the
+    object whose centre lies in the patch, else background; size: side_bin of the object's side
+    or N_SIDE_BINS (none); row, column: the patch's own grid position, so that the image tokens
+    carry where they are as well as what they show. Objects do not overlap, so the object covering
+    most of a patch is the only one covering it much.
+    """
+    size = p["image_size"]
+    cell = size // grid
+    colors, shapes, letters = list(p["colors"]), p["shapes"], p["letters"]
+    out = np.empty((grid * grid, 7), dtype=np.int64)
+    out[:, :5] = (len(colors), len(shapes) + 1, len(letters), len(shapes) + 1, N_SIDE_BINS)
+    out[:, 5], out[:, 6] = np.divmod(np.arange(grid * grid), grid)
+    best = np.zeros(grid * grid)
+    for obj in scene["objects"]:
+        if obj["kind"] == "shape":
+            mask, cat, letter = shape_mask(obj["shape"], obj["box"], size), shapes.index(obj["shape"]), len(letters)
+        else:
+            mask, cat, letter = glyph_mask(obj["letter"], obj["box"], size), len(shapes), letters.index(obj["letter"])
+        cover = mask.reshape(grid, cell, grid, cell).mean(axis=(1, 3)).reshape(-1)  # (grid * grid,)
+        take = (cover >= MIN_COVER) & (cover > best)
+        out[take, :3] = (colors.index(obj["color"]), cat, letter)
+        out[take, 4] = side_bin(side(obj))
+        best = np.maximum(best, cover)
+        cx, cy = center(obj)
+        out[min(int(cy // cell), grid - 1) * grid + min(int(cx // cell), grid - 1), 3] = cat
+    return out
+
+
+class PatchHeads(torch.nn.Module):
+    """Train-only linear heads on the ViT's output tokens (never exported)."""
+
+    def __init__(self, n_embd: int, n_colors: int, n_shapes: int, n_letters: int, grid: int):
+        super().__init__()
+        self.sizes = (n_colors + 1, n_shapes + 2, n_letters + 1, n_shapes + 2, N_SIDE_BINS + 1, grid, grid)
+        self.proj = torch.nn.Linear(n_embd, sum(self.sizes))
+
+    def loss(self, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """Summed cross-entropy over the label columns; also each column's accuracy on object patches.
+
+        Args:
+            feats: (b, n_patches, n_embd) ViT output.
+            labels: (b, n_patches, 7) from patch_labels.
+
+        Returns:
+            (loss, [accuracy per column]); row and column accuracies are over all patches.
+        """
+        logits = self.proj(feats).split(self.sizes, dim=-1)  # 7 x (b, n_patches, size)
+        total, accs = torch.zeros(()), []
+        for col, lg in enumerate(logits):
+            target = labels[..., col]
+            total = total + F.cross_entropy(lg.flatten(0, 1), target.flatten())
+            counted = target != self.sizes[col] - 1 if col < 5 else torch.ones_like(target, dtype=torch.bool)
+            accs.append(float((lg.argmax(-1) == target)[counted].float().mean()) if counted.any() else 1.0)
+        return total, accs
