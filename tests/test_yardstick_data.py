@@ -52,8 +52,11 @@ def test_checker_reads_the_scene_not_the_stored_answer(params, test_sample):
     scene = copy.deepcopy(records["scenes"][q["image"]])
     color, shape = q["question"].removesuffix("?").split()[-2:]
     target = next(o for o in scene["objects"] if o.get("shape") == shape and o["color"] == color)
-    target["shape"] = next(s for s in params["shapes"] if s != shape and not any(
-        o.get("shape") == s and o["color"] == color for o in scene["objects"]))
+    target["shape"] = next(
+        s
+        for s in params["shapes"]
+        if s != shape and not any(o.get("shape") == s and o["color"] == color for o in scene["objects"])
+    )
     assert check(scene, q["question"], params) == "no"
 
     q = next(q for q in records["questions"] if q["kind"] == "glyph")

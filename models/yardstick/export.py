@@ -97,7 +97,10 @@ def write_reference(weights_dir: Path, data: Path, n: int) -> dict:
         }
         for i, a in zip(index, pred, strict=True)
     ]
-    ref = {"comment": "PyTorch greedy answers (models.yardstick.export --reference) for the GGUF parity test", "rows": rows}
+    ref = {
+        "comment": "PyTorch greedy answers (models.yardstick.export --reference) for the GGUF parity test",
+        "rows": rows,
+    }
     REFERENCE.write_text(json.dumps(ref, indent=1) + "\n")
     return ref
 

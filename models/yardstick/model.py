@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.easyvqa.model import VLM, TextConfig, VisionConfig
+from models.easyvqa.model import VLM, TextConfig, VisionConfig, rms_norm
 
 from .scenes import center, glyph_mask, shape_mask, side
 
@@ -57,26 +57,39 @@ def patch_labels(scene: dict, p: dict, grid: int) -> np.ndarray:
     carry where they are as well as what they show. Objects do not overlap, so the object covering
     most of a patch is the only one covering it much.
     """
-    size = p["image_size"]
-    cell = size // grid
     colors, shapes, letters = list(p["colors"]), p["shapes"], p["letters"]
     out = np.empty((grid * grid, 7), dtype=np.int64)
     out[:, :5] = (len(colors), len(shapes) + 1, len(letters), len(shapes) + 1, N_SIDE_BINS)
     out[:, 5], out[:, 6] = np.divmod(np.arange(grid * grid), grid)
-    best = np.zeros(grid * grid)
-    for obj in scene["objects"]:
-        if obj["kind"] == "shape":
-            mask, cat, letter = shape_mask(obj["shape"], obj["box"], size), shapes.index(obj["shape"]), len(letters)
-        else:
-            mask, cat, letter = glyph_mask(obj["letter"], obj["box"], size), len(shapes), letters.index(obj["letter"])
-        cover = mask.reshape(grid, cell, grid, cell).mean(axis=(1, 3)).reshape(-1)  # (grid * grid,)
-        take = (cover >= MIN_COVER) & (cover > best)
+    owner = patch_objects(scene, p, grid)
+    for i, obj in enumerate(scene["objects"]):
+        take = owner == i
+        cat = shapes.index(obj["shape"]) if obj["kind"] == "shape" else len(shapes)
+        letter = letters.index(obj["letter"]) if obj["kind"] == "glyph" else len(letters)
         out[take, :3] = (colors.index(obj["color"]), cat, letter)
         out[take, 4] = side_bin(side(obj))
-        best = np.maximum(best, cover)
         cx, cy = center(obj)
+        cell = p["image_size"] // grid
         out[min(int(cy // cell), grid - 1) * grid + min(int(cx // cell), grid - 1), 3] = cat
     return out
+
+
+def patch_objects(scene: dict, p: dict, grid: int) -> np.ndarray:
+    """(grid * grid,) index of the object covering >= MIN_COVER of each patch (the most-covering one), -1 none."""
+    size = p["image_size"]
+    cell = size // grid
+    owner = np.full(grid * grid, -1, dtype=np.int64)
+    best = np.zeros(grid * grid)
+    for i, obj in enumerate(scene["objects"]):
+        if obj["kind"] == "shape":
+            mask = shape_mask(obj["shape"], obj["box"], size)
+        else:
+            mask = glyph_mask(obj["letter"], obj["box"], size)
+        cover = mask.reshape(grid, cell, grid, cell).mean(axis=(1, 3)).reshape(-1)  # (grid * grid,)
+        take = (cover >= MIN_COVER) & (cover > best)
+        owner[take] = i
+        best = np.maximum(best, cover)
+    return owner
 
 
 class PatchHeads(torch.nn.Module):
@@ -105,3 +118,50 @@ class PatchHeads(torch.nn.Module):
             counted = target != self.sizes[col] - 1 if col < 5 else torch.ones_like(target, dtype=torch.bool)
             accs.append(float((lg.argmax(-1) == target)[counted].float().mean()) if counted.any() else 1.0)
         return total, accs
+
+
+def extend_with_attention(text, x: torch.Tensor, cache, owner: torch.Tensor, layer: int, query_pos: torch.Tensor):
+    """models.easyvqa's TextModel.extend, also returning one layer's attention of one suffix token per row.
+
+    Args:
+        text: the TextModel.
+        x: (m, S, d) suffix embeddings; cache, owner: as TextModel.extend.
+        layer: the block whose attention probabilities are returned.
+        query_pos: (m,) suffix index of the querying token of each row (the last prompt token).
+
+    Returns:
+        (normed hidden (m, S, d), probabilities (m, n_head, P + S) over the prefix and suffix keys).
+    """
+    cfg = text.cfg
+    p, s = cache[0][0].shape[2], x.shape[1]
+    cos, sin = text.cos[p : p + s], text.sin[p : p + s]
+    mask = torch.cat((torch.ones(s, p, dtype=torch.bool), torch.ones(s, s, dtype=torch.bool).tril()), dim=1)
+    rows = torch.arange(x.shape[0])
+    probs = None
+    for il, (blk, (pk, pv)) in enumerate(zip(text.blocks, cache, strict=True)):
+        q, k, v = blk.qkv(x, cos, sin)
+        k = torch.cat((pk[owner], k), dim=2)  # (m, n_head_kv, P + S, head_dim)
+        v = torch.cat((pv[owner], v), dim=2)
+        if il == layer:
+            qi = q[rows, :, query_pos]  # (m, n_head, head_dim)
+            kk = k.repeat_interleave(cfg.n_head // cfg.n_head_kv, dim=1)  # (m, n_head, P + S, head_dim), GQA
+            scores = torch.einsum("mhd,mhtd->mht", qi, kk) / cfg.head_dim**0.5
+            probs = scores.masked_fill(~mask[query_pos][:, None, :], float("-inf")).softmax(-1)
+        x = blk.finish(x, q, k, v, mask)
+    return rms_norm(x, text.norm, cfg.rms_eps), probs
+
+
+def grounding_loss(probs: torch.Tensor, first_image: int, target: torch.Tensor) -> torch.Tensor:
+    """-log of the attention mass (mean over heads) that lands on the patches of the asked-about objects.
+
+    Args:
+        probs: (m, n_head, n_keys) from extend_with_attention.
+        first_image: key index of the first image token.
+        target: (m, n_patches) bool, the referents' patches; rows without any are ignored.
+    """
+    keep = target.any(-1)
+    if not keep.any():
+        return torch.zeros(())
+    img = probs.mean(1)[:, first_image : first_image + target.shape[1]]  # (m, n_patches)
+    mass = (img * target).sum(-1)[keep]
+    return -torch.log(mass + 1e-6).mean()

@@ -1,6 +1,7 @@
 """Draw which image patches each strategy keeps, on 4 test questions whose answer sits in few patches.
 
     python -m models.yardstick.pictures [--keep 28] [--out docs/img/yardstick-kept.png]
+    python -m models.yardstick.pictures --examples docs/img/yardstick-examples.png   # data only
 
 One column per question (a glyph, a count, a spatial relation and an attribute of a small object),
 one row per setting of the sweep at the chosen budget (settings.py, so strategies added to the
@@ -73,7 +74,9 @@ def draw(cells: list[list[dict]], titles: list[str], rows: list[str], out: Path,
     fig.tight_layout()
     if skipped:
         fig.subplots_adjust(bottom=0.04 + 0.012 * len(skipped))
-        fig.text(0.01, 0.005, "not drawn (rejected by the package today):\n" + "\n".join(skipped), fontsize=6, va="bottom")
+        fig.text(
+            0.01, 0.005, "not drawn (rejected by the package today):\n" + "\n".join(skipped), fontsize=6, va="bottom"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -97,11 +100,38 @@ def _cell(model, setting, qi: int, qa: dict, image: np.ndarray, cell_px: int) ->
     return {"image": shown.astype(np.uint8), "text": f"answer {got!r} ({int(mask.sum())} kept)"}
 
 
+def draw_examples(out: Path, n: int = 8) -> None:
+    """The first n test pictures at 3x, each with its questions and answers (no model needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .generator import load_params, make_example
+
+    p = load_params()
+    fig, axes = plt.subplots(2, (n + 1) // 2, figsize=(3.3 * ((n + 1) // 2), 9.6), squeeze=False)
+    for i, ax in enumerate(axes.flat[:n]):
+        _, image, questions = make_example(p, "test", i)
+        ax.imshow(image)
+        ax.axis("off")
+        ax.set_title("\n".join(f"{q['question']} {q['answer']}" for q in questions), fontsize=5.5, loc="left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=int, default=28, help="budget (one of settings.BUDGETS)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--examples", type=Path, help="instead: draw 8 test pictures with their questions here")
     args = parser.parse_args(argv)
+    if args.examples:
+        draw_examples(args.examples)
+        print(args.examples)
+        return 0
 
     from .export import load_gguf
     from .generator import build_split, load_params
@@ -116,7 +146,10 @@ def main(argv=None) -> int:
         todo = [s for s in settings(model.info.n_layer) if s.family == "stock" or s.keep == args.keep]
         cell_px = p["image_size"] // GRID
         cells = [
-            [_cell(model, s, qi, records["questions"][qi], images[records["questions"][qi]["image"]], cell_px) for qi in chosen]
+            [
+                _cell(model, s, qi, records["questions"][qi], images[records["questions"][qi]["image"]], cell_px)
+                for qi in chosen
+            ]
             for s in todo
         ]
     shown = [i for i, row in enumerate(cells) if any(c["image"] is not None for c in row)]

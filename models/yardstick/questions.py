@@ -197,6 +197,33 @@ def _one(objects: list[dict], what: str) -> dict:
     return objects[0]
 
 
+def referents(scene: dict, question: str) -> list[int]:
+    """Indices into scene['objects'] of the objects a question is about: the evidence for its answer.
+
+    attribute, glyph: the named object; count: every shape of that kind; spatial, size: both objects;
+    exist: the named object if present, else every object sharing its colour or its shape (what a
+    reader checks before saying no). Used only by the training loss that points the LM at them.
+    """
+    objects = scene["objects"]
+    kind = kind_of(question)
+    g = next(m.groups() for _, pat in TEMPLATES if (m := pat.fullmatch(question)))
+    shape_ids = [i for i, o in enumerate(objects) if o["kind"] == "shape"]
+    if kind == "attribute":
+        word = g[0]
+        return [i for i in shape_ids if objects[i]["shape"] == word] or [
+            i for i, o in enumerate(objects) if o["color"] == word
+        ]
+    if kind == "count":
+        return [i for i in shape_ids if objects[i]["shape"] == g[0]]
+    if kind == "glyph":
+        return [i for i, o in enumerate(objects) if o["kind"] == "glyph" and o["color"] == g[0]]
+    pairs = [(g[0], g[1])] if kind == "exist" else [(g[0], g[1]), (g[2], g[3])]
+    named = [i for c, s in pairs for i in shape_ids if objects[i]["color"] == c and objects[i]["shape"] == s]
+    if named or kind != "exist":
+        return named
+    return [i for i in shape_ids if objects[i]["color"] == g[0] or objects[i]["shape"] == g[1]]
+
+
 def check(scene: dict, question: str, p: dict) -> str:
     """The answer to `question`, computed from the scene description only.
 

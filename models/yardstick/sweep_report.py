@@ -91,7 +91,9 @@ def tables(result: dict) -> str:
     head = "| setting | " + " | ".join(f"keep {b}" for b in budgets) + " |\n|---|" + "---|" * len(budgets)
 
     def grid(cell) -> list[str]:
-        return [f"| {f} | " + " | ".join(cell(st[m[b]]) if b in m else "" for b in budgets) + " |" for f, m in fam.items()]
+        return [
+            f"| {f} | " + " | ".join(cell(st[m[b]]) if b in m else "" for b in budgets) + " |" for f, m in fam.items()
+        ]
 
     lines = [f"Accuracy on {result['n']} test questions ({result['questions_per_kind']}), 95% bootstrap CI.", ""]
     if "stock" in st:
@@ -103,9 +105,11 @@ def tables(result: dict) -> str:
         lines += ["", "Share of stock accuracy:", "", head] + grid(lambda s: f"{100 * s['share_of_stock']:.1f}%")
     lines += ["", "Minus random K=2 at the same budget (accuracy points, paired 95% CI):", "", head]
     lines += grid(
-        lambda s: "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * v for v in s["minus_random_k2"]))
-        if "minus_random_k2" in s
-        else "-"
+        lambda s: (
+            "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * v for v in s["minus_random_k2"]))
+            if "minus_random_k2" in s
+            else "-"
+        )
     )
     kinds = list(result["questions_per_kind"])
     lines += ["", "Per question kind:", "", "| setting | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]

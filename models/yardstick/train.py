@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from models.easyvqa.train import Batches, Logger, answer_loss, lr_at, make_optim
 from . import model as ymodel
 from .evaluate import by_kind
 from .generator import DEFAULT_DATA, load_params, load_split
+from .questions import referents
 
 DEFAULT_RUN = Path("/work/dev/yardstick/run")
 
@@ -49,6 +51,9 @@ def parse_args(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--patch-loss", type=float, default=0.3, help="weight of the patch heads in stage 2")
+    ap.add_argument("--ground-loss", type=float, default=0.3, help="weight of the attention-grounding loss")
+    ap.add_argument("--ground-layer", type=int, default=5, help="LM block (0-based) whose attention is grounded")
+    ap.add_argument("--init-vision", type=Path, help="pilot runs: take the ViT from this checkpoint, skip stage 1")
     ap.add_argument("--train-images", type=int, default=0, help="use only the first N train images (0 = all)")
     ap.add_argument("--val-images", type=int, default=100, help="val images for the progress checks")
     ap.add_argument("--eval-every", type=int, default=100)
@@ -84,7 +89,9 @@ class Run:
         self.questions_of = [{} for _ in range(len(s.images))]
         for q, (r, kind) in enumerate(zip(s.owner, self.train.kinds, strict=True)):
             self.questions_of[r].setdefault(kind, []).append(q)
-        self.labels = torch.from_numpy(self.cached_labels())  # (n_images, n_patches, 4)
+        labels, objects = self.cached_labels()
+        self.labels = torch.from_numpy(labels)  # (n_images, n_patches, 7)
+        self.targets = torch.from_numpy(self.ground_targets(objects))  # (n_questions, n_patches) bool
         in_ids, out_ids = token_sets(self.codec, s.questions + self.val.split.questions, s.answers)
         self.model = ymodel.build(in_ids, out_ids)
         grid = ymodel.VISION.image_size // ymodel.VISION.patch_size
@@ -94,16 +101,32 @@ class Run:
         self.rng = np.random.default_rng(args.seed)
         self.val_q = np.flatnonzero(self.val.split.owner < args.val_images)
 
-    def cached_labels(self) -> np.ndarray:
+    def cached_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(patch labels (n_images, n_patches, 7), object index per patch (n_images, n_patches)), cached."""
         path = self.args.data / "train_patch_labels.npz"
         if path.is_file():
             with np.load(path) as z:
-                labels = z["labels"]
+                labels, objects = z["labels"], z["objects"] if "objects" in z.files else None
         else:
-            grid = ymodel.VISION.image_size // ymodel.VISION.patch_size
-            labels = np.stack([ymodel.patch_labels(sc, self.p, grid) for sc in load_split(self.args.data, "train").scenes])
-            np.savez_compressed(path, labels=labels)
-        return labels[: len(self.train.split.images)]
+            labels, objects = None, None
+        grid = ymodel.VISION.image_size // ymodel.VISION.patch_size
+        scenes = load_split(self.args.data, "train").scenes if labels is None or objects is None else None
+        if labels is None:
+            labels = np.stack([ymodel.patch_labels(sc, self.p, grid) for sc in scenes])
+        if objects is None:
+            objects = np.stack([ymodel.patch_objects(sc, self.p, grid) for sc in scenes])
+        if scenes is not None:
+            np.savez_compressed(path, labels=labels, objects=objects)
+        n = len(self.train.split.images)
+        return labels[:n], objects[:n]
+
+    def ground_targets(self, objects: np.ndarray) -> np.ndarray:
+        """(n_questions, n_patches) bool: the patches of each question's referents (questions.referents)."""
+        s = self.train.split
+        out = np.zeros((len(s.questions), objects.shape[1]), dtype=bool)
+        for qi, (q, img) in enumerate(zip(s.questions, s.owner, strict=True)):
+            out[qi] = np.isin(objects[img], referents(self.train.scenes[img], q))
+        return out
 
     def pix(self, rows) -> torch.Tensor:
         v = self.model.vision.cfg
@@ -139,9 +162,8 @@ def vision_step(run: Run, state: dict, opt, batches: Batches) -> str:
 
 
 def _accs(accs: list[float]) -> str:
-    return "patch acc colour {:.2f} category {:.2f} letter {:.2f} centre {:.2f} size {:.2f} row {:.2f} col {:.2f}".format(
-        *accs
-    )
+    names = ("colour", "category", "letter", "centre", "size", "row", "col")
+    return "patch acc " + " ".join(f"{n} {a:.2f}" for n, a in zip(names, accs, strict=True))
 
 
 def vlm_step(run: Run, state: dict, opt, batches: Batches, out_row: torch.Tensor) -> str:
@@ -157,15 +179,22 @@ def vlm_step(run: Run, state: dict, opt, batches: Batches, out_row: torch.Tensor
         g["lr"] = lr_at(state["step"], a.steps, a.lr, a.warmup)
     feats = m.vision.features(run.pix(rows))
     _, cache = m.prefill_features(torch.tensor(run.codec.before_image), feats)
-    hidden = m.text.extend(m.text.embed_tokens(suffix), cache, owner)
+    query = run.enc.prompt_len[qs] - 1  # the last prompt token: the one FastV's ranking reads, too
+    hidden, probs = ymodel.extend_with_attention(
+        m.text, m.text.embed_tokens(suffix), cache, owner, a.ground_layer, query
+    )
     loss, acc = answer_loss(m, hidden, target, out_row, torch.ones(len(qs)))
     p_loss, accs = run.heads.loss(feats, run.labels[rows])
-    gnorm = step_optimizer(opt, loss + a.patch_loss * p_loss, list(m.parameters()) + list(run.heads.parameters()))
-    ema = state.setdefault("ema", {"loss": loss.item(), "acc": acc})
+    g_loss = ymodel.grounding_loss(probs, len(run.codec.before_image), run.targets[qs])
+    total = loss + a.patch_loss * p_loss + a.ground_loss * g_loss
+    gnorm = step_optimizer(opt, total, list(m.parameters()) + list(run.heads.parameters()))
+    ema = state.setdefault("ema", {"loss": loss.item(), "acc": acc, "ground": g_loss.item()})
     ema["loss"], ema["acc"] = 0.95 * ema["loss"] + 0.05 * loss.item(), 0.95 * ema["acc"] + 0.05 * acc
+    ema["ground"] = 0.95 * ema.get("ground", g_loss.item()) + 0.05 * g_loss.item()
     return (
         f"vlm {state['step']:4d}/{a.steps} answer loss {ema['loss']:.4f} teacher-forced acc {ema['acc']:.3f} "
-        f"patch loss {p_loss.item():.3f} gnorm {gnorm:.2f} lr {g['lr']:.2e} q/step {len(qs)}"
+        f"ground loss {ema['ground']:.3f} patch loss {p_loss.item():.3f} gnorm {gnorm:.2f} lr {g['lr']:.2e} "
+        f"q/step {len(qs)}"
     )
 
 
@@ -240,6 +269,8 @@ def run_stage(run: Run, state: dict, opt, batches: Batches, steps: int, step_fn,
         if time.time() - last_save > 60 * a.checkpoint_minutes or step == steps:
             checkpoint()
             last_save = time.time()
+            if step == steps and state["stage"] == 1:  # later stage-2 variants can start here (see README)
+                shutil.copyfile(a.out / "checkpoint.pt", a.out / "checkpoint-stage1.pt")
         if a.stop_after_minutes and time.time() - started > 60 * a.stop_after_minutes and step < steps:
             checkpoint()
             run.log(f"stopping after {a.stop_after_minutes} min at stage {state['stage']} step {step} (--resume)")
@@ -272,6 +303,12 @@ def train(args) -> None:
     run.log(f"args: {vars(args)}")
     ck = load_checkpoint(run) if args.resume else None
     state = {"stage": 1, "step": 0, "seconds": [0.0, 0.0]}
+    if args.init_vision and not ck:
+        init = torch.load(args.init_vision, weights_only=False)
+        run.model.load_state_dict({k: v for k, v in init["model"].items() if k.startswith("vision.")}, strict=False)
+        run.heads.load_state_dict(init["heads"])
+        state["stage"] = 2
+        run.log(f"pilot: ViT from {args.init_vision}, stage 1 skipped")
     if ck:
         state = {k: ck[k] for k in ("stage", "step", "seconds", "cpu_seconds", "ema") if k in ck}
         run.log(f"resumed at stage {state['stage']} step {state['step']}")
