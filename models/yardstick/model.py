@@ -130,14 +130,15 @@ def extend_with_attention(text, x: torch.Tensor, cache, owner: torch.Tensor, lay
         query_pos: (m,) suffix index of the querying token of each row (the last prompt token).
 
     Returns:
-        (normed hidden (m, S, d), probabilities (m, n_head, P + S) over the prefix and suffix keys).
+        (normed hidden (m, S, d), probabilities (m, n_head, P + S) over the prefix and suffix keys,
+        residual stream (m, d) of the querying token after that block).
     """
     cfg = text.cfg
     p, s = cache[0][0].shape[2], x.shape[1]
     cos, sin = text.cos[p : p + s], text.sin[p : p + s]
     mask = torch.cat((torch.ones(s, p, dtype=torch.bool), torch.ones(s, s, dtype=torch.bool).tril()), dim=1)
     rows = torch.arange(x.shape[0])
-    probs = None
+    probs = tapped = None
     for il, (blk, (pk, pv)) in enumerate(zip(text.blocks, cache, strict=True)):
         q, k, v = blk.qkv(x, cos, sin)
         k = torch.cat((pk[owner], k), dim=2)  # (m, n_head_kv, P + S, head_dim)
@@ -148,7 +149,9 @@ def extend_with_attention(text, x: torch.Tensor, cache, owner: torch.Tensor, lay
             scores = torch.einsum("mhd,mhtd->mht", qi, kk) / cfg.head_dim**0.5
             probs = scores.masked_fill(~mask[query_pos][:, None, :], float("-inf")).softmax(-1)
         x = blk.finish(x, q, k, v, mask)
-    return rms_norm(x, text.norm, cfg.rms_eps), probs
+        if il == layer:
+            tapped = x[rows, query_pos]  # (m, d)
+    return rms_norm(x, text.norm, cfg.rms_eps), probs, tapped
 
 
 def grounding_loss(probs: torch.Tensor, first_image: int, target: torch.Tensor) -> torch.Tensor:
@@ -165,3 +168,43 @@ def grounding_loss(probs: torch.Tensor, first_image: int, target: torch.Tensor) 
     img = probs.mean(1)[:, first_image : first_image + target.shape[1]]  # (m, n_patches)
     mass = (img * target).sum(-1)[keep]
     return -torch.log(mass + 1e-6).mean()
+
+
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """x scaled to unit RMS per token, as the LM's RMSNorm sees it (without its weight)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+
+
+class ReadoutHeads(torch.nn.Module):
+    """Stage-2 train-only heads (never exported).
+
+    patch: PatchHeads on the image-token embeddings the LM receives (projector output), so the
+    patch content survives the projector. readout: on the last prompt token's residual stream after
+    the grounded LM block, the colour / category / letter of the one object a question names
+    (attribute, glyph, exist-yes questions), so that block's attention carries content, not only
+    position.
+    """
+
+    def __init__(self, n_embd: int, n_colors: int, n_shapes: int, n_letters: int, grid: int):
+        super().__init__()
+        self.patch = PatchHeads(n_embd, n_colors, n_shapes, n_letters, grid)
+        self.sizes = (n_colors, n_shapes + 1, n_letters + 1)
+        self.readout = torch.nn.Linear(n_embd, sum(self.sizes))
+
+    def readout_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of (m, 3) targets (-1 = no single referent) from residuals h (m, n_embd)."""
+        keep = target[:, 0] >= 0
+        if not keep.any():
+            return torch.zeros(())
+        logits = self.readout(unit_rms(h[keep])).split(self.sizes, dim=-1)
+        return sum(F.cross_entropy(lg, target[keep, i]) for i, lg in enumerate(logits))
+
+
+def readout_target(scene: dict, ref: list[int], p: dict) -> tuple[int, int, int]:
+    """(colour, category, letter) of a question's single referent, or (-1, -1, -1) if not exactly one."""
+    if len(ref) != 1:
+        return (-1, -1, -1)
+    o = scene["objects"][ref[0]]
+    cat = p["shapes"].index(o["shape"]) if o["kind"] == "shape" else len(p["shapes"])
+    letter = p["letters"].index(o["letter"]) if o["kind"] == "glyph" else len(p["letters"])
+    return (list(p["colors"]).index(o["color"]), cat, letter)

@@ -47,12 +47,20 @@ def parse_args(argv=None):
     ap.add_argument("--vision-lr", type=float, default=2e-3)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--images-per-step", type=int, default=8)
+    ap.add_argument("--questions-per-kind", type=int, default=1, help="per image and step, of each kind")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--patch-loss", type=float, default=0.3, help="weight of the patch heads in stage 2")
+    ap.add_argument("--proj-patch-loss", type=float, default=0.3, help="patch heads on the LM's image embeddings")
+    ap.add_argument(
+        "--readout-loss", type=float, default=0.5, help="named object's attributes after the grounded block"
+    )
     ap.add_argument("--ground-loss", type=float, default=0.3, help="weight of the attention-grounding loss")
     ap.add_argument("--ground-layer", type=int, default=5, help="LM block (0-based) whose attention is grounded")
+    ap.add_argument(
+        "--save-weights", action="store_true", help="only write vision/text .npz + config.json from --out's checkpoint"
+    )
     ap.add_argument("--init-vision", type=Path, help="pilot runs: take the ViT from this checkpoint, skip stage 1")
     ap.add_argument("--train-images", type=int, default=0, help="use only the first N train images (0 = all)")
     ap.add_argument("--val-images", type=int, default=100, help="val images for the progress checks")
@@ -98,6 +106,10 @@ class Run:
         self.heads = ymodel.PatchHeads(
             ymodel.VISION.n_embd, len(self.p["colors"]), len(self.p["shapes"]), len(self.p["letters"]), grid
         )
+        # created after the stage-1 heads, so stage 1 and its checkpoints are the same with or without them
+        self.aux = ymodel.ReadoutHeads(
+            ymodel.TEXT.n_embd, len(self.p["colors"]), len(self.p["shapes"]), len(self.p["letters"]), grid
+        )
         self.rng = np.random.default_rng(args.seed)
         self.val_q = np.flatnonzero(self.val.split.owner < args.val_images)
 
@@ -121,11 +133,18 @@ class Run:
         return labels[:n], objects[:n]
 
     def ground_targets(self, objects: np.ndarray) -> np.ndarray:
-        """(n_questions, n_patches) bool: the patches of each question's referents (questions.referents)."""
+        """(n_questions, n_patches) bool: the patches of each question's referents (questions.referents).
+
+        Also sets self.readout_targets (n_questions, 3): colour, category, letter of a single referent.
+        """
         s = self.train.split
         out = np.zeros((len(s.questions), objects.shape[1]), dtype=bool)
+        read = np.full((len(s.questions), 3), -1, dtype=np.int64)
         for qi, (q, img) in enumerate(zip(s.questions, s.owner, strict=True)):
-            out[qi] = np.isin(objects[img], referents(self.train.scenes[img], q))
+            ref = referents(self.train.scenes[img], q)
+            out[qi] = np.isin(objects[img], ref)
+            read[qi] = ymodel.readout_target(self.train.scenes[img], ref, self.p)
+        self.readout_targets = torch.from_numpy(read)
         return out
 
     def pix(self, rows) -> torch.Tensor:
@@ -142,6 +161,7 @@ def save_checkpoint(run: Run, state: dict) -> None:
             **state,
             "model": run.model.state_dict(),
             "heads": run.heads.state_dict(),
+            "aux": run.aux.state_dict(),
             "np_rng": run.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         },
@@ -169,7 +189,15 @@ def _accs(accs: list[float]) -> str:
 def vlm_step(run: Run, state: dict, opt, batches: Batches, out_row: torch.Tensor) -> str:
     a, m = run.args, run.model
     rows = batches.next()
-    per_image = [[qs[run.rng.integers(len(qs))] for qs in run.questions_of[r].values()] for r in rows]
+    n = a.questions_per_kind
+    per_image = [
+        [
+            q
+            for qs in run.questions_of[r].values()
+            for q in (run.rng.permutation(qs)[:n] if n > 1 else [qs[run.rng.integers(len(qs))]])
+        ]
+        for r in rows
+    ]
     qs = np.concatenate(per_image)
     owner = torch.from_numpy(np.concatenate([[j] * len(q) for j, q in enumerate(per_image)]))
     suffix, target = run.enc.suffix[qs], run.enc.target[qs]  # (n_q, S)
@@ -178,22 +206,29 @@ def vlm_step(run: Run, state: dict, opt, batches: Batches, out_row: torch.Tensor
     for g in opt.param_groups:
         g["lr"] = lr_at(state["step"], a.steps, a.lr, a.warmup)
     feats = m.vision.features(run.pix(rows))
-    _, cache = m.prefill_features(torch.tensor(run.codec.before_image), feats)
+    img = m.vision.project(feats)  # (b, n_patches, d): the image tokens the LM receives
+    pre = m.text.embed_tokens(torch.tensor(run.codec.before_image)).expand(len(rows), -1, -1)
+    _, cache = m.text.prefill(torch.cat((pre, img), dim=1))
     query = run.enc.prompt_len[qs] - 1  # the last prompt token: the one FastV's ranking reads, too
-    hidden, probs = ymodel.extend_with_attention(
-        m.text, m.text.embed_tokens(suffix), cache, owner, a.ground_layer, query
-    )
+    x = m.text.embed_tokens(suffix)
+    hidden, probs, tapped = ymodel.extend_with_attention(m.text, x, cache, owner, a.ground_layer, query)
     loss, acc = answer_loss(m, hidden, target, out_row, torch.ones(len(qs)))
     p_loss, accs = run.heads.loss(feats, run.labels[rows])
+    pp_loss, _ = run.aux.patch.loss(ymodel.unit_rms(img), run.labels[rows])
+    r_loss = run.aux.readout_loss(tapped, run.readout_targets[qs])
     g_loss = ymodel.grounding_loss(probs, len(run.codec.before_image), run.targets[qs])
-    total = loss + a.patch_loss * p_loss + a.ground_loss * g_loss
-    gnorm = step_optimizer(opt, total, list(m.parameters()) + list(run.heads.parameters()))
+    total = loss + a.patch_loss * p_loss + a.proj_patch_loss * pp_loss + a.readout_loss * r_loss
+    total = total + a.ground_loss * g_loss
+    params = list(m.parameters()) + list(run.heads.parameters()) + list(run.aux.parameters())
+    gnorm = step_optimizer(opt, total, params)
     ema = state.setdefault("ema", {"loss": loss.item(), "acc": acc, "ground": g_loss.item()})
     ema["loss"], ema["acc"] = 0.95 * ema["loss"] + 0.05 * loss.item(), 0.95 * ema["acc"] + 0.05 * acc
     ema["ground"] = 0.95 * ema.get("ground", g_loss.item()) + 0.05 * g_loss.item()
+    ema["readout"] = 0.95 * ema.get("readout", r_loss.item()) + 0.05 * r_loss.item()
     return (
         f"vlm {state['step']:4d}/{a.steps} answer loss {ema['loss']:.4f} teacher-forced acc {ema['acc']:.3f} "
-        f"ground loss {ema['ground']:.3f} patch loss {p_loss.item():.3f} gnorm {gnorm:.2f} lr {g['lr']:.2e} "
+        f"ground loss {ema['ground']:.3f} readout loss {ema['readout']:.3f} patch loss {p_loss.item():.3f} "
+        f"lm-side patch loss {pp_loss.item():.3f} gnorm {gnorm:.2f} lr {g['lr']:.2e} "
         f"q/step {len(qs)}"
     )
 
@@ -219,7 +254,8 @@ def _stage(run: Run, state: dict):
         opt = make_optimizer(named + list(run.heads.named_parameters()), a.vision_lr, a.weight_decay)
         batches = Batches(train_rows, a.vision_batch, run.rng)
         return opt, batches, a.vision_steps, lambda: vision_step(run, state, opt, batches)
-    opt = make_optimizer(list(run.model.named_parameters()) + list(run.heads.named_parameters()), a.lr, a.weight_decay)
+    named = list(run.model.named_parameters()) + list(run.heads.named_parameters())
+    opt = make_optimizer(named + [(f"aux.{n}", p) for n, p in run.aux.named_parameters()], a.lr, a.weight_decay)
     batches = Batches(train_rows, a.images_per_step, run.rng)
     out_row = torch.full((run.model.text.cfg.vocab_size,), -1, dtype=torch.long)
     out_row[run.model.text.out_ids] = torch.arange(len(run.model.text.out_ids))
@@ -233,6 +269,8 @@ def load_checkpoint(run: Run) -> dict:
     ck = torch.load(path, weights_only=False)
     run.model.load_state_dict(ck["model"])
     run.heads.load_state_dict(ck["heads"])
+    if "aux" in ck:
+        run.aux.load_state_dict(ck["aux"])
     return ck
 
 
@@ -278,10 +316,15 @@ def run_stage(run: Run, state: dict, opt, batches: Batches, steps: int, step_fn,
     return True
 
 
-def finish(run: Run, state: dict) -> None:
+def save_weights(run: Run) -> None:
     a = run.args
     weights.save(run.model, a.out / "vision.npz", a.out / "text.npz", a.seed)
     (a.out / "config.json").write_text(json.dumps(run.model.configs(), indent=2))
+
+
+def finish(run: Run, state: dict) -> None:
+    a = run.args
+    save_weights(run)
     summary = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
         "stage_seconds": [round(s, 1) for s in state["seconds"]],
@@ -301,7 +344,11 @@ def train(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     run = Run(args)
     run.log(f"args: {vars(args)}")
-    ck = load_checkpoint(run) if args.resume else None
+    ck = load_checkpoint(run) if args.resume or args.save_weights else None
+    if args.save_weights:
+        save_weights(run)
+        run.log(f"wrote the weights of stage {ck['stage']} step {ck['step']} to {args.out}")
+        return
     state = {"stage": 1, "step": 0, "seconds": [0.0, 0.0]}
     if args.init_vision and not ck:
         init = torch.load(args.init_vision, weights_only=False)
