@@ -155,19 +155,26 @@ def extend_with_attention(text, x: torch.Tensor, cache, owner: torch.Tensor, lay
 
 
 def grounding_loss(probs: torch.Tensor, first_image: int, target: torch.Tensor) -> torch.Tensor:
-    """-log of the attention mass (mean over heads) that lands on the patches of the asked-about objects.
+    """-log of the attention mass that lands on the patches of the asked-about objects, per head group.
 
     Args:
         probs: (m, n_head, n_keys) from extend_with_attention.
         first_image: key index of the first image token.
-        target: (m, n_patches) bool, the referents' patches; rows without any are ignored.
+        target: (m, n_groups, n_patches) bool; the heads are split into n_groups equal groups and
+            group g is pointed at target[:, g] (two-object questions: one object per group); rows
+            without any target are ignored.
+
+    Returns:
+        The mean over rows and groups of -log(mass averaged over the group's heads).
     """
+    m, n_head, _ = probs.shape
+    n_groups, n_patches = target.shape[1:]
+    img = probs[:, :, first_image : first_image + n_patches].reshape(m, n_groups, n_head // n_groups, n_patches)
+    mass = (img.mean(2) * target).sum(-1)  # (m, n_groups)
     keep = target.any(-1)
     if not keep.any():
         return torch.zeros(())
-    img = probs.mean(1)[:, first_image : first_image + target.shape[1]]  # (m, n_patches)
-    mass = (img * target).sum(-1)[keep]
-    return -torch.log(mass + 1e-6).mean()
+    return -torch.log(mass[keep] + 1e-6).mean()
 
 
 def unit_rms(x: torch.Tensor) -> torch.Tensor:
@@ -180,31 +187,45 @@ class ReadoutHeads(torch.nn.Module):
 
     patch: PatchHeads on the image-token embeddings the LM receives (projector output), so the
     patch content survives the projector. readout: on the last prompt token's residual stream after
-    the grounded LM block, the colour / category / letter of the one object a question names
-    (attribute, glyph, exist-yes questions), so that block's attention carries content, not only
-    position.
+    the grounded LM block, what that block's attention should have fetched: colour / category /
+    letter of the one object a question names (attribute, glyph, exist-yes), or centre row, column
+    and size of each of the two objects of a spatial or size question (see readout_target).
     """
 
     def __init__(self, n_embd: int, n_colors: int, n_shapes: int, n_letters: int, grid: int):
         super().__init__()
         self.patch = PatchHeads(n_embd, n_colors, n_shapes, n_letters, grid)
-        self.sizes = (n_colors, n_shapes + 1, n_letters + 1)
+        self.sizes = (n_colors, n_shapes + 1, n_letters + 1) + (grid, grid, N_SIDE_BINS) * 2
         self.readout = torch.nn.Linear(n_embd, sum(self.sizes))
 
     def readout_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of (m, 3) targets (-1 = no single referent) from residuals h (m, n_embd)."""
-        keep = target[:, 0] >= 0
-        if not keep.any():
-            return torch.zeros(())
-        logits = self.readout(unit_rms(h[keep])).split(self.sizes, dim=-1)
-        return sum(F.cross_entropy(lg, target[keep, i]) for i, lg in enumerate(logits))
+        """Cross-entropy of the (m, 9) targets (-1 = not asked) from residuals h (m, n_embd)."""
+        logits = self.readout(unit_rms(h)).split(self.sizes, dim=-1)  # 9 x (m, size)
+        total = torch.zeros(())
+        for i, lg in enumerate(logits):
+            keep = target[:, i] >= 0
+            if keep.any():
+                total = total + F.cross_entropy(lg[keep], target[keep, i])
+        return total
 
 
-def readout_target(scene: dict, ref: list[int], p: dict) -> tuple[int, int, int]:
-    """(colour, category, letter) of a question's single referent, or (-1, -1, -1) if not exactly one."""
-    if len(ref) != 1:
-        return (-1, -1, -1)
-    o = scene["objects"][ref[0]]
-    cat = p["shapes"].index(o["shape"]) if o["kind"] == "shape" else len(p["shapes"])
-    letter = p["letters"].index(o["letter"]) if o["kind"] == "glyph" else len(p["letters"])
-    return (list(p["colors"]).index(o["color"]), cat, letter)
+def readout_target(scene: dict, ref: list[int], p: dict, grid: int) -> list[int]:
+    """9 readout labels of a question: (colour, category, letter) of a single referent, then (row, column,
+    size bin) of the first and of the second of two referents; -1 where not applicable."""
+    out = [-1] * 9
+    objs = [scene["objects"][i] for i in ref]
+    if len(objs) == 1:
+        o = objs[0]
+        cat = p["shapes"].index(o["shape"]) if o["kind"] == "shape" else len(p["shapes"])
+        letter = p["letters"].index(o["letter"]) if o["kind"] == "glyph" else len(p["letters"])
+        out[:3] = [list(p["colors"]).index(o["color"]), cat, letter]
+    elif len(objs) == 2 and len(ref) == 2:
+        cell = p["image_size"] // grid
+        for j, o in enumerate(objs):
+            cx, cy = center(o)
+            out[3 + 3 * j : 6 + 3 * j] = [
+                min(int(cy // cell), grid - 1),
+                min(int(cx // cell), grid - 1),
+                side_bin(side(o)),
+            ]
+    return out

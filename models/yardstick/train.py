@@ -99,7 +99,7 @@ class Run:
             self.questions_of[r].setdefault(kind, []).append(q)
         labels, objects = self.cached_labels()
         self.labels = torch.from_numpy(labels)  # (n_images, n_patches, 7)
-        self.targets = torch.from_numpy(self.ground_targets(objects))  # (n_questions, n_patches) bool
+        self.targets = torch.from_numpy(self.ground_targets(objects))  # (n_questions, 2, n_patches) bool
         in_ids, out_ids = token_sets(self.codec, s.questions + self.val.split.questions, s.answers)
         self.model = ymodel.build(in_ids, out_ids)
         grid = ymodel.VISION.image_size // ymodel.VISION.patch_size
@@ -133,17 +133,23 @@ class Run:
         return labels[:n], objects[:n]
 
     def ground_targets(self, objects: np.ndarray) -> np.ndarray:
-        """(n_questions, n_patches) bool: the patches of each question's referents (questions.referents).
+        """(n_questions, 2, n_patches) bool: patches each half of the grounded block's heads should look at.
 
-        Also sets self.readout_targets (n_questions, 3): colour, category, letter of a single referent.
+        Both halves: every referent's patches (questions.referents); for spatial and size questions
+        the first half gets the first-named object, the second half the other. Also sets
+        self.readout_targets (n_questions, 9), see model.readout_target.
         """
         s = self.train.split
-        out = np.zeros((len(s.questions), objects.shape[1]), dtype=bool)
-        read = np.full((len(s.questions), 3), -1, dtype=np.int64)
+        grid = ymodel.VISION.image_size // ymodel.VISION.patch_size
+        out = np.zeros((len(s.questions), 2, objects.shape[1]), dtype=bool)
+        read = np.full((len(s.questions), 9), -1, dtype=np.int64)
         for qi, (q, img) in enumerate(zip(s.questions, s.owner, strict=True)):
             ref = referents(self.train.scenes[img], q)
-            out[qi] = np.isin(objects[img], ref)
-            read[qi] = ymodel.readout_target(self.train.scenes[img], ref, self.p)
+            pair = self.train.kinds[qi] in ("spatial", "size") and len(ref) == 2
+            out[qi, 0] = np.isin(objects[img], ref[:1] if pair else ref)
+            out[qi, 1] = np.isin(objects[img], ref[1:] if pair else ref)
+            if pair or len(ref) == 1:
+                read[qi] = ymodel.readout_target(self.train.scenes[img], ref, self.p, grid)
         self.readout_targets = torch.from_numpy(read)
         return out
 
