@@ -4,7 +4,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 
-.PHONY: setup native demo test lint patch-check native-info
+.PHONY: setup native demo test wheel-check lint patch-check native-info
 
 # Virtualenv, the patched llama-cpp-python wheel (built once, then reused from the cache:
 # see "How the patch is applied and rebuilt"), then the package with its test extras.
@@ -27,8 +27,13 @@ demo: setup
 	$(VPY) -m fastv_edge.demo
 
 # setup has just built or installed the native library, so native tests must run, never skip.
+# Then the wheel check: the built wheel in a clean virtualenv outside the repository.
 test: setup
 	FASTV_EDGE_REQUIRE_NATIVE=1 $(VPY) -m pytest -q
+	$(VPY) .ci/wheel_check.py
+
+wheel-check: setup
+	$(VPY) .ci/wheel_check.py
 
 lint: $(VPY)
 	@$(VPY) -m ruff --version >/dev/null 2>&1 || $(VPY) -m pip install -q ruff

@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .config import PruneConfig, RuntimeConfig, SamplingConfig
 from .errors import ContextOverflowError, FastVEdgeError, ModelLoadError, PatchMissingError, UnsupportedModelError
+from .native_build import install_command
 from .native_info import native_info
 
 try:
@@ -25,7 +26,7 @@ except (ImportError, OSError, RuntimeError) as _error:  # libllama missing or no
         if name in __all__:
             raise PatchMissingError(
                 f"fastv_edge.{name} needs llama-cpp-python's native library ({_NATIVE_ERROR}); "
-                "build it: python fastv_edge/native_build.py install"
+                f"build it: {install_command()}"
             )
         raise AttributeError(f"module 'fastv_edge' has no attribute {name!r}")
 

@@ -4,9 +4,10 @@ The library is the one llama-cpp-python loads (llama_cpp._lib), so FastV calls a
 same llama_context objects as llama-cpp-python. On a stock library every binding raises
 PatchMissingError instead of silently returning None.
 
-The raw bindings mirror llama.h. The wrappers below them (begin, finish, ...) are what the
-rest of the package calls: they take the budget as an integer n_keep (the floor of N*(1-R) is
-computed once, in pruning.n_keep) and turn every status code into a NativeError.
+The raw bindings mirror llama.h (its contract is in patches/README.md). The wrappers below them
+(begin, finish, ...) are what the rest of the package calls: they take the budget as an integer
+n_keep (the floor of N*(1-R) is computed once, in pruning.n_keep) and turn every status code into
+a NativeError.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import llama_cpp
 from llama_cpp._ctypes_extensions import ctypes_function_for_shared_library
 
 from .errors import NativeError, PatchMissingError
+from .native_build import install_command
 from .native_info import FASTV_SYMBOLS
 
 _lib = llama_cpp.llama_cpp._lib
@@ -31,24 +33,24 @@ _ctx_p = llama_cpp.llama_context_p_ctypes
 def _missing(name: str) -> PatchMissingError:
     return PatchMissingError(
         f"{_lib._name} has no {name}: this is a stock llama-cpp-python build. "
-        "Rebuild the patched one: python fastv_edge/native_build.py install"
+        f"Rebuild the patched one: {install_command()}"
     )
 
 
-# LLAMA_API int32_t llama_fastv_begin(struct llama_context * ctx, llama_seq_id seq_id, int32_t k, float drop_ratio);
+# LLAMA_API int32_t llama_fastv_begin(struct llama_context * ctx, llama_seq_id seq_id, int32_t k);
 @_ctypes_function(
     "llama_fastv_begin",
-    [_ctx_p, llama_cpp.llama_seq_id, ctypes.c_int32, ctypes.c_float],
+    [_ctx_p, llama_cpp.llama_seq_id, ctypes.c_int32],
     ctypes.c_int32,
     enabled=HAS_FASTV,
 )
-def llama_fastv_begin(ctx, seq_id, k, drop_ratio, /) -> int:
+def llama_fastv_begin(ctx, seq_id, k, /) -> int:
     raise _missing("llama_fastv_begin")
 
 
-# LLAMA_API int32_t llama_fastv_finish(struct llama_context * ctx);
-@_ctypes_function("llama_fastv_finish", [_ctx_p], ctypes.c_int32, enabled=HAS_FASTV)
-def llama_fastv_finish(ctx, /) -> int:
+# LLAMA_API int32_t llama_fastv_finish(struct llama_context * ctx, int32_t n_keep);
+@_ctypes_function("llama_fastv_finish", [_ctx_p, ctypes.c_int32], ctypes.c_int32, enabled=HAS_FASTV)
+def llama_fastv_finish(ctx, n_keep, /) -> int:
     raise _missing("llama_fastv_finish")
 
 
@@ -116,27 +118,43 @@ def _check(func: str, code: int, hint: str = "") -> int:
 
 
 def begin(ctx, seq_id: int, layer: int) -> None:
-    """Start a FastV prefill of seq_id at layer K: decode the prompt next, then call finish()."""
-    # the budget is given to finish() once N is known; R=0 here keeps C's own default out of the way
-    _check("llama_fastv_begin", llama_fastv_begin(ctx, seq_id, layer, 0.0))
+    """Start a FastV prefill of seq_id at layer K: decode the prompt next, then call finish().
+
+    Args:
+        ctx: llama_context pointer.
+        seq_id: the sequence the prompt is decoded into.
+        layer: K, the number of layers that see every prompt token.
+    """
+    _check("llama_fastv_begin", llama_fastv_begin(ctx, seq_id, layer))
 
 
 def finish(ctx, n_keep: int) -> None:
-    """Keep the n_keep image tokens the last prompt token attends to most; run layers >= K on them."""
-    from .pruning import select_top_k
+    """Keep the n_keep image tokens the last prompt token attends to most; run layers >= K on them.
 
-    finish_with_keep(ctx, select_top_k(get_scores(ctx), n_keep).tolist())
+    C ranks the image tokens (ties to the earlier token). On an error other than a bad n_keep
+    the library has already removed the prompt's cells; see patches/README.md.
+
+    Args:
+        ctx: llama_context pointer.
+        n_keep: how many image tokens to keep, 0 <= n_keep <= N.
+    """
+    _check("llama_fastv_finish", llama_fastv_finish(ctx, int(n_keep)))
 
 
 def finish_with_keep(ctx, keep) -> None:
-    """Like finish(), with the kept image-token indices (ascending, prompt order) chosen by the caller."""
+    """Like finish(), with the kept image-token indices (distinct, any order) chosen by the caller.
+
+    Args:
+        ctx: llama_context pointer.
+        keep: indices into the N image tokens of the prompt.
+    """
     keep = [int(i) for i in keep]
     arr = (ctypes.c_int32 * max(len(keep), 1))(*keep)
     _check("llama_fastv_finish_with_keep", llama_fastv_finish_with_keep(ctx, arr, len(keep)))
 
 
 def abort(ctx) -> None:
-    """Leave the FastV prefill; the caller must clear the memory it wrote."""
+    """End the FastV prefill in progress, if any; the library removes the cells it wrote."""
     llama_fastv_abort(ctx)
 
 
@@ -164,5 +182,5 @@ def hide(ctx, seq_id: int, positions, layer: int) -> None:
 
 
 def n_hidden(ctx) -> int:
-    """Number of KV cells hidden from the deep layers."""
+    """Number of tokens hidden from the layers >= K (per KV stream; an iSWA model counts each token once)."""
     return _check("llama_fastv_n_hidden", llama_fastv_n_hidden(ctx))

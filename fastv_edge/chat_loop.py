@@ -1,72 +1,144 @@
 """`fastv-edge chat`: the interactive loop, for a terminal or piped stdin.
 
-Commands: /image PATH (attach to the next message), /reset, /stats, /quit (or end of input).
-Ctrl-C during an answer stops that answer and keeps the session; at the prompt it clears
-the line. Errors in a turn are printed and the session goes on.
+Commands: /image PATH (attach to the next message), /stats, /reset, /help, /quit (or end of
+input). Ctrl-C during an answer stops that answer and keeps the session; at the prompt it
+clears the line. Errors in a turn are printed and the session goes on.
 """
 
 from __future__ import annotations
 
 import sys
 from contextlib import closing
+from dataclasses import dataclass
 
-from .cli import SlowSteps, format_stats, load_from_args
-from .config import SamplingConfig
+from .cli_args import Backend, load_from_args, sampling_from_args
+from .console import SlowSteps, error, format_stats
 from .errors import FastVEdgeError
 from .images import load_image
 
-HELP = "commands: /image PATH, /reset, /stats, /quit"
+COMMANDS = {
+    "/image PATH": "attach an image to the next message",
+    "/stats": "statistics of the last answer and of the whole conversation",
+    "/reset": "forget the conversation",
+    "/help": "this list",
+    "/quit": "leave (also /exit or end of input)",
+}
+HELP = "commands: " + ", ".join(COMMANDS)
 
 
-def _stats(session) -> str:
-    if session.last is None:
-        return f"[no answer yet | context {session.n_used}/{session.model.n_ctx} tokens]"
-    return f"{format_stats(session.last, session.prune)} [context {session.n_used}/{session.model.n_ctx} tokens]"
+@dataclass
+class ConversationStats:
+    """Totals over the answered turns since the last /reset."""
+
+    turns: int = 0
+    images: int = 0
+    n_image_tokens: int = 0
+    n_kept: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    encode_ms: float = 0.0
+    prefill_ms: float = 0.0
+
+    def add(self, last, n_images: int) -> None:
+        """Count one turn from its final response."""
+        self.turns += 1
+        self.images += n_images
+        self.n_image_tokens += last.n_image_tokens
+        self.n_kept += last.n_kept
+        self.prompt_tokens += last.prompt_tokens
+        self.generation_tokens += last.generation_tokens
+        self.encode_ms += last.encode_ms
+        self.prefill_ms += last.prefill_ms
+
+    def describe(self) -> str:
+        """One line, e.g. '[conversation: 2 turns, 1 image | kept 32/64 image tokens | ...]'."""
+        return (
+            f"[conversation: {self.turns} turns, {self.images} images | kept {self.n_kept}/{self.n_image_tokens} "
+            f"image tokens | {self.prompt_tokens} prompt + {self.generation_tokens} generated tokens | "
+            f"encode {self.encode_ms:.0f} ms | prefill {self.prefill_ms:.0f} ms]"
+        )
 
 
-def _command(line: str, session, pending: list) -> bool:
-    """Run a /command; returns False when the loop should end."""
-    cmd, _, rest = line.partition(" ")
-    if cmd in ("/quit", "/exit"):
-        return False
-    if cmd == "/reset":
-        session.reset()
-        pending.clear()
-        print("[conversation cleared]", flush=True)
-    elif cmd == "/stats":
-        print(_stats(session), flush=True)
-    elif cmd == "/image":
-        img = load_image(rest.strip())  # ValueError -> printed by the loop
-        pending.append(img)
-        print(f"[image attached: {img.name} ({img.nx}x{img.ny})]", flush=True)
-    else:
-        print(f"[unknown command {cmd}; {HELP}]", flush=True)
-    return True
+class ChatLoop:
+    """The /commands and turns of one chat, around a session from the backend."""
+
+    def __init__(self, session, out=None):
+        self.session = session
+        self.out = out or sys.stdout
+        self.pending: list = []
+        self.last = None
+        self.totals = ConversationStats()
+
+    def say(self, text: str, end: str = "\n") -> None:
+        print(text, end=end, file=self.out, flush=True)
+
+    def stats(self) -> str:
+        s = self.session
+        context = f"[context {s.n_used}/{s.model.n_ctx} tokens]"
+        if self.last is None:
+            return f"[no answer yet] {context}"
+        return f"{format_stats(self.last, s.prune)}\n{self.totals.describe()} {context}"
+
+    def command(self, line: str) -> bool:
+        """Run a /command; returns False when the loop should end."""
+        cmd, _, rest = line.partition(" ")
+        if cmd in ("/quit", "/exit"):
+            return False
+        if cmd == "/reset":
+            self.session.reset()
+            self.pending.clear()
+            self.last, self.totals = None, ConversationStats()
+            self.say("[conversation cleared]")
+        elif cmd == "/stats":
+            self.say(self.stats())
+        elif cmd == "/help":
+            self.say("\n".join(f"  {name:<12} {what}" for name, what in COMMANDS.items()))
+        elif cmd == "/image":
+            img = load_image(rest.strip())  # ValueError -> printed by the loop
+            self.pending.append(img)
+            self.say(f"[image attached: {img.name} ({img.nx}x{img.ny})]")
+        else:
+            self.say(f"[unknown command {cmd}; {HELP}]")
+        return True
+
+    def answer(self, text: str) -> None:
+        images, last = list(self.pending), None
+        self.pending.clear()
+        try:
+            with closing(self.session.send(text, images)) as stream:
+                for r in stream:
+                    last = r
+                    self.say(r.text, end="")
+            self.say("")
+        except KeyboardInterrupt:
+            self.say("\n[interrupted]")
+        finally:
+            if last is not None:  # the turn reached the cache, interrupted or not
+                self.last = last
+                self.totals.add(last, len(images))
+
+    def handle(self, line: str) -> bool:
+        """One input line; returns False when the loop should end. Errors are printed, not raised."""
+        try:
+            if line.startswith("/"):
+                return self.command(line)
+            if line:
+                self.answer(line)
+        except (FastVEdgeError, ValueError, OSError) as e:
+            error(str(e))
+        return True
 
 
-def _answer(session, text: str, pending: list) -> None:
-    try:
-        with closing(session.send(text, list(pending))) as stream:
-            for r in stream:
-                print(r.text, end="", flush=True)
-        print(flush=True)
-    except KeyboardInterrupt:
-        print("\n[interrupted]", flush=True)
-    finally:
-        pending.clear()
-
-
-def chat_loop(args) -> int:
+def chat_loop(args, backend: Backend) -> int:
     """Run the chat loop until /quit or end of input.
 
     Args:
         args: parsed `fastv-edge chat` arguments.
+        backend: what loads the model and makes the session.
 
     Returns:
         The exit code (0).
     """
-    from .chat import ChatSession
-
     interactive = sys.stdin.isatty()
     if interactive:
         try:
@@ -74,32 +146,27 @@ def chat_loop(args) -> int:
         except ImportError:  # Windows
             pass
     steps = SlowSteps(not args.quiet)
-    with load_from_args(args, steps) as model:
-        session = ChatSession(
+    with load_from_args(args, steps, backend) as model:
+        session = backend.chat_session(
             model,
             prune=model.prune,
-            sampling=SamplingConfig(temp=args.temp, seed=args.seed),
+            sampling=sampling_from_args(args),
             system=args.system,
             max_tokens=args.n_predict,
             progress=steps,
         )
-        pending = [load_image(p) for p in args.image]
+        loop = ChatLoop(session)
+        loop.pending = [load_image(p) for p in args.image]
         if interactive:
-            print(f"fastv-edge chat ({model.prune.describe()}); {HELP}", flush=True)
+            loop.say(f"fastv-edge chat ({model.prune.describe()}); {HELP}")
         while True:
             try:
                 line = input("> " if interactive else "").strip()
             except EOFError:
                 break
             except KeyboardInterrupt:
-                print(flush=True)
+                loop.say("")
                 continue
-            try:
-                if line.startswith("/"):
-                    if not _command(line, session, pending):
-                        break
-                elif line:
-                    _answer(session, line, pending)
-            except (FastVEdgeError, ValueError, OSError) as e:
-                print(f"fastv-edge: error: {e}", file=sys.stderr, flush=True)
+            if not loop.handle(line):
+                break
     return 0

@@ -2,7 +2,7 @@
 
 Commands:
   run      answer one prompt about images, streaming, then one line of statistics
-  chat     interactive chat (/image PATH, /reset, /stats, /quit); works with piped stdin
+  chat     interactive chat (/image PATH, /reset, /stats, /help, /quit); works with piped stdin
   info     a model's metadata and whether the loaded library has the FastV symbols
   pull     download a preset's model and mmproj into the Hugging Face cache
   presets  list the known model presets
@@ -20,80 +20,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import asdict
 
-from .config import STRATEGIES, PruneConfig, RuntimeConfig, SamplingConfig
+from .cli_args import (
+    Backend,
+    add_generation_args,
+    add_model_args,
+    add_output_args,
+    add_prune_args,
+    load_from_args,
+    native_backend,
+    sampling_from_args,
+)
+from .console import SlowSteps, error, format_stats
 from .errors import FastVEdgeError
 
 
-class SlowSteps:
-    """Progress hook: prints a step on stderr only if it is still running after `after` s."""
+def _version() -> str:
+    from . import __version__
 
-    def __init__(self, enabled: bool, after: float = 1.0, stream=None):
-        self.enabled = enabled
-        self.after = after
-        self.stream = stream or sys.stderr
-
-    @contextmanager
-    def __call__(self, message: str):
-        if not self.enabled:
-            yield
-            return
-        shown = threading.Event()
-
-        def show():
-            shown.set()
-            print(f"{message} ...", file=self.stream, flush=True)
-
-        timer = threading.Timer(self.after, show)
-        t0 = time.perf_counter()
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-            if shown.is_set():
-                print(f"{message}: done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help="text model GGUF, or a preset name (see `presets`)")
-    p.add_argument("--mmproj", help="mmproj (vision projector) GGUF; default: the preset's")
-    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
-    p.add_argument("-t", "--threads", type=int, help="CPU threads (default: half the cores)")
-    p.add_argument("-b", "--batch-size", type=int, default=512, help="logical batch size (default 512)")
-    p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch size (default 512)")
-    p.add_argument("-fa", "--flash-attn", action="store_true", help="use flash attention")
-    p.add_argument("--chat-template", help="chat template name (models/templates) or .jinja file")
-    p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
-
-
-def _add_gen_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", "--n-predict", type=int, default=256, help="max tokens to generate (default 256)")
-    p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed, also the 'random' strategy's (default 0)")
-    p.add_argument("--system", help="system message")
-    p.add_argument("-k", "--layer", type=int, default=2, help="FastV K: layers that see every image token (default 2)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("-r", "--drop-ratio", type=float, help="FastV R: share of image tokens dropped (default 0.5)")
-    budget.add_argument("--keep", type=int, help="number of image tokens kept (instead of -r)")
-    p.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="fastv",
-        help="fastv (default), random (seeded baseline) or none (stock llama.cpp)",
-    )
-
-
-def _add_output_args(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--quiet", action="store_true", help="no progress lines or statistics on stderr")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return f"fastv-edge {__version__}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,84 +48,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastv-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="answer one prompt about images")
-    _add_model_args(run)
+    add_model_args(run)
     run.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     run.add_argument("-p", "--prompt", required=True, help="the question ('-' reads stdin)")
     run.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
-    _add_gen_args(run)
-    _add_output_args(run)
+    add_generation_args(run)
+    add_prune_args(run)
+    add_output_args(run)
     chat = sub.add_parser("chat", help="interactive chat with images")
-    _add_model_args(chat)
+    add_model_args(chat)
     chat.add_argument("--image", action="append", default=[], help="image(s) for the first message")
-    _add_gen_args(chat)
-    _add_output_args(chat, json_flag=False)
+    add_generation_args(chat)
+    add_prune_args(chat)
+    add_output_args(chat, json_flag=False)
     info = sub.add_parser("info", help="model metadata and FastV support")
     info.add_argument("-m", "--model", required=True, help="text model GGUF or preset name")
     info.add_argument("--mmproj", help="mmproj GGUF (adds the image tokens per image)")
-    _add_output_args(info)
+    add_output_args(info)
     pull = sub.add_parser("pull", help="download a preset's files into the Hugging Face cache")
     pull.add_argument("name", help="preset name")
     pull.add_argument("--cache-dir", help="hub cache directory (default: huggingface_hub's)")
-    _add_output_args(pull, json_flag=False)
+    add_output_args(pull, json_flag=False)
     presets = sub.add_parser("presets", help="list model presets")
-    _add_output_args(presets)
+    add_output_args(presets)
     from .bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
     return parser
 
 
-def prune_from_args(args) -> PruneConfig:
-    """PruneConfig from the -k/-r/--keep/--strategy/--seed flags."""
-    return PruneConfig(
-        layer=args.layer, drop_ratio=args.drop_ratio, keep=args.keep, strategy=args.strategy, seed=args.seed
-    )
-
-
-def load_from_args(args, steps: SlowSteps):
-    """Load the model named by the common flags."""
-    from .model import load
-
-    runtime = RuntimeConfig(
-        n_ctx=args.ctx_size,
-        n_threads=args.threads,
-        n_batch=args.batch_size,
-        n_ubatch=args.ubatch_size,
-        flash_attn=args.flash_attn,
-        verbose=args.verbose,
-    )
-    prune = prune_from_args(args)
-    with steps(f"loading {args.model}"):
-        return load(args.model, args.mmproj, runtime=runtime, prune=prune, template=args.chat_template)
-
-
-def format_stats(r, prune: PruneConfig) -> str:
-    """One line of request statistics."""
-    pruning = f"kept {r.n_kept}/{r.n_image_tokens} image tokens ({prune.describe()})"
-    return (
-        f"[{pruning} | encode {r.encode_ms:.0f} ms | prefill {r.prefill_ms:.0f} ms "
-        f"(shallow {r.shallow_ms:.0f} + deep {r.deep_ms:.0f}) | ttft {r.ttft_ms:.0f} ms | "
-        f"{r.decode_tps:.1f} tok/s | FLOPs ratio {r.flops_ratio:.2f}]"
-    )
-
-
-def cmd_run(args) -> int:
-    from .generate import stream_generate
-
+def cmd_run(args, backend: Backend) -> int:
     steps = SlowSteps(not args.quiet and not args.json)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    with load_from_args(args, steps) as model:
-        sampling = SamplingConfig(temp=args.temp, seed=args.seed)
+    with load_from_args(args, steps, backend) as model:
         last, text = None, []
-        for r in stream_generate(
+        for r in backend.stream_generate(
             model,
             prompt,
             args.image,
             prune=model.prune,
             max_tokens=args.n_predict,
-            sampling=sampling,
+            sampling=sampling_from_args(args),
             system=args.system,
             progress=steps,
             apply_template=not args.raw,
@@ -188,8 +101,11 @@ def cmd_run(args) -> int:
             if not args.json:
                 print(r.text, end="", flush=True)
         if args.json:
-            stats = {k: v for k, v in asdict(last).items() if k not in ("text", "token")}
-            print(json.dumps({"text": "".join(text), **stats, "prune": asdict(model.prune)}))
+            print(
+                json.dumps(
+                    {"text": "".join(text), **last.summary(), "n_ctx": model.n_ctx, "prune": asdict(model.prune)}
+                )
+            )
         else:
             print()
             if not args.quiet:
@@ -197,7 +113,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args, backend: Backend) -> int:
     from .info import model_report
 
     report = model_report(args.model, args.mmproj)
@@ -209,7 +125,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_pull(args) -> int:
+def cmd_pull(args, backend: Backend) -> int:
     from .hub import pull
 
     model_path, mmproj_path = pull(args.name, cache_dir=args.cache_dir, progress=not args.quiet)
@@ -217,7 +133,7 @@ def cmd_pull(args) -> int:
     return 0
 
 
-def cmd_presets(args) -> int:
+def cmd_presets(args, backend: Backend) -> int:
     from .templates import list_presets
 
     presets = list_presets()
@@ -229,13 +145,13 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_chat(args) -> int:
+def cmd_chat(args, backend: Backend) -> int:
     from .chat_loop import chat_loop
 
-    return chat_loop(args)
+    return chat_loop(args, backend)
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args, backend: Backend) -> int:
     from .bench.cli import cmd_bench as run
 
     return run(args)
@@ -249,33 +165,51 @@ COMMANDS = {
     "presets": cmd_presets,
     "bench": cmd_bench,
 }
+NATIVE_COMMANDS = ("run", "chat")  # the others load llama_cpp themselves when they need it
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, backend: Backend | None = None) -> int:
     """Entry point of `fastv-edge` (also `python -m fastv_edge`).
 
     Args:
         argv: arguments without the program name (default: sys.argv[1:]).
+        backend: what run and chat load and generate with (default: the native one; the
+            tests pass a fake).
 
     Returns:
-        The exit code: 0 on success, 1 on an error, 130 on Ctrl-C.
+        The exit code: 0 on success, 1 on an error, 2 on a usage error, 130 on Ctrl-C.
     """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
-    except (FastVEdgeError, ValueError, OSError) as e:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) and usage errors (2): argparse has printed them
+        return int(e.code or 0)
+    try:
+        if backend is None and args.command in NATIVE_COMMANDS:
+            backend = native_backend()
+        return COMMANDS[args.command](args, backend)
+    except (FastVEdgeError, ValueError, OSError, ImportError) as e:
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print(f"fastv-edge: error: {e}", file=sys.stderr)
+        error(_one_line(e))
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, ImportError) and e.name == "llama_cpp":  # info --mmproj, bench: they load models
+        from .native_build import install_command
+
+        return f"llama-cpp-python is not installed; install the patched build: {install_command()}"
+    if isinstance(e, ImportError) and e.name:  # an optional package a command needs
+        return f"{e}; install it with pip"
+    return str(e)
 
 
 if __name__ == "__main__":

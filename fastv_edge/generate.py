@@ -2,8 +2,10 @@
 
 generate_step   samples from the context's current logits, yields the token id, and decodes
                 it into the KV cache when resumed.
-stream_generate prefill (FastV or stock) + generate_step + incremental detokenization;
-                yields GenerationResponse objects carrying the request's statistics.
+stream_generate prefill (prefill.prefill: stock, FastV or pre-LLM selection) + generate_step +
+                incremental detokenization; yields GenerationResponse objects carrying the
+                request's PrefillStats. With a PromptCache it continues a conversation already
+                in the context (mlx-lm's prompt_cache); ChatSession is built on that.
 generate        joins the stream into a str.
 """
 
@@ -21,49 +23,57 @@ import llama_cpp
 from llama_cpp._internals import LlamaSampler
 
 from .config import PruneConfig, SamplingConfig
+from .decode import TokenBatch
 from .flops import flops_ratio
 from .images import RGBImage, load_image
 from .model import Model
-from .prefill import PrefillStats, Progress, Prompt, TokenBatch, _no_progress, check_fits, prefill, tokenize
+from .prefill import Progress, check_fits, no_progress, prefill
+from .prompt import Prompt, tokenize
+from .response import GenerationResponse, PrefillStats
 from .templates import render, user_message
 
 ImageInput = str | os.PathLike | bytes | RGBImage
 
 
 @dataclass
-class GenerationResponse:
-    """One streamed step. Statistics are per request and repeated in every step.
+class PromptCache:
+    """A conversation's state in a model's context: what stream_generate continues from.
 
-    text: the new text of this step ('' while a UTF-8 character is incomplete).
-    token: the token id of this step.
-    finish_reason: None while generating; 'stop' (end-of-generation token) or 'length'
-        (max_tokens or a full context) on the last response.
+    make_prompt_cache(model) gives an empty one; each stream_generate(..., cache=c) appends its
+    prompt and answer. A model's context holds one conversation at a time: a request with
+    another cache (or none) takes the context over, and continuing this one then raises.
     """
 
-    text: str
-    token: int
-    prompt_tokens: int = 0  # text + image tokens of this prefill
-    generation_tokens: int = 0
-    n_image_tokens: int = 0  # N
-    n_kept: int = 0  # image tokens seen by layers >= K (== N when not pruned)
-    n_unranked: int = 0  # image tokens layer K-1 could not see (sliding window): ranked last
-    encode_ms: float = 0.0  # vision encoder
-    prefill_ms: float = 0.0  # LLM prefill, phases 1 + 2
-    shallow_ms: float = 0.0  # phase 1: layers [0, K) over the whole prompt (whole prefill if stock)
-    deep_ms: float = 0.0  # phase 2: layers [K, L) over the kept tokens
-    ttft_ms: float = 0.0  # request start -> first token sampled (encode + prefill + sampling)
-    decode_tps: float = 0.0  # generated tokens per second after the first
-    flops_ratio: float = 1.0  # paper eq. 5, this prefill vs. stock (1.0 = no saving)
-    finish_reason: str | None = None
+    n_past: int = 0  # next position
+    n_used: int = 0  # KV cells in use
+    decoded: list[int] = field(default_factory=list)  # answer tokens of the last request written to the cache
+
+    @property
+    def empty(self) -> bool:
+        return self.n_used == 0
 
 
-@dataclass
-class Cursor:
-    """Where sequence 0 of the context stands: next position and KV cells in use."""
+def make_prompt_cache(model: Model) -> PromptCache:
+    """An empty PromptCache for `model` (see stream_generate)."""
+    return PromptCache()
 
-    n_past: int = 0
-    n_used: int = 0
-    decoded: list[int] = field(default_factory=list)  # generated tokens written to the KV cache
+
+def check_cache(model: Model, cache: PromptCache) -> None:
+    """Raise ValueError when `cache` holds a conversation whose cells another request replaced."""
+    if not cache.empty and getattr(model, "_cache_owner", None) is not cache:
+        raise ValueError(
+            "this conversation's KV cache was replaced by another request on the same model; "
+            "start it over (ChatSession.reset()) or give each conversation its own model"
+        )
+
+
+def _claim(model: Model, cache: PromptCache) -> None:
+    """Make `cache` the conversation in the model's context (an empty one clears the context)."""
+    check_cache(model, cache)
+    if cache.empty:
+        model.llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(model.ctx), True)
+    model._cache_owner = cache
 
 
 def token_piece(vocab, token: int, special: bool = False) -> bytes:
@@ -101,7 +111,7 @@ def make_sampler(llm, sampling: SamplingConfig) -> LlamaSampler:
     return sampler
 
 
-def generate_step(model: Model, cursor: Cursor, sampler: LlamaSampler, batch: TokenBatch) -> Iterator[int]:
+def generate_step(model: Model, cache: PromptCache, sampler: LlamaSampler, batch: TokenBatch) -> Iterator[int]:
     """Yield tokens sampled from the context's logits; each is decoded when the caller resumes.
 
     Stops when the context is full. The caller decides about end-of-generation tokens and
@@ -109,7 +119,7 @@ def generate_step(model: Model, cursor: Cursor, sampler: LlamaSampler, batch: To
 
     Args:
         model: the loaded model.
-        cursor: position state of sequence 0, advanced as tokens are decoded.
+        cache: the conversation's state, advanced as tokens are decoded.
         sampler: from make_sampler().
         batch: a TokenBatch.
 
@@ -119,112 +129,75 @@ def generate_step(model: Model, cursor: Cursor, sampler: LlamaSampler, batch: To
     while True:
         token = llama_cpp.llama_sampler_sample(sampler.sampler, model.ctx, -1)
         yield token
-        if cursor.n_used >= model.n_ctx:
+        if cache.n_used >= model.n_ctx:
             return
-        cursor.n_past = batch.decode(model.ctx, [token], cursor.n_past, logits_last=True)
-        cursor.n_used += 1
-        cursor.decoded.append(token)
+        cache.n_past = batch.decode(model.ctx, [token], cache.n_past, logits_last=True)
+        cache.n_used += 1
+        cache.decoded.append(token)
 
 
-def _stats_fields(model: Model, stats: PrefillStats, prune: PruneConfig) -> dict:
-    ratio = 1.0
-    if stats.pruned:
-        ratio = flops_ratio(
-            stats.n_prompt_tokens,
-            stats.n_image_tokens,
-            stats.n_kept,
-            n_layer=model.info.n_layer,
-            layer=prune.layer,
-            n_embd=model.info.n_embd,
-            n_ff=model.info.n_ff or 4 * model.info.n_embd,  # GGUFs without the key: the usual 4d
-        )
-    return dict(
-        prompt_tokens=stats.n_prompt_tokens,
-        n_image_tokens=stats.n_image_tokens,
-        n_kept=stats.n_kept,
-        n_unranked=stats.n_unranked,
-        encode_ms=stats.encode_ms,
-        prefill_ms=stats.prefill_ms,
-        shallow_ms=stats.shallow_ms,
-        deep_ms=stats.deep_ms,
-        flops_ratio=ratio,
+def _flops_ratio(model: Model, stats: PrefillStats) -> float:
+    if not stats.pruned:
+        return 1.0
+    return flops_ratio(
+        stats.n_prompt_tokens,
+        stats.n_image_tokens,
+        stats.n_kept,
+        n_layer=model.info.n_layer,
+        layer=stats.layer,
+        n_embd=model.info.n_embd,
+        n_ff=model.info.n_ff or 4 * model.info.n_embd,  # GGUFs without the key: the usual 4d
     )
 
 
-def respond(
+def _respond(
     model: Model,
     prompt: Prompt,
-    cursor: Cursor,
+    cache: PromptCache,
     *,
     prune: PruneConfig,
     max_tokens: int,
     sampling: SamplingConfig,
-    progress: Progress = _no_progress,
-    t_start: float | None = None,
+    progress: Progress,
+    t_start: float,
 ) -> Iterator[GenerationResponse]:
-    """Prefill `prompt` at the cursor, then stream the answer (shared by generate and chat).
-
-    Args:
-        model: the loaded model.
-        prompt: the tokenized prompt (the caller closes it).
-        cursor: where the prompt starts; advanced as tokens are decoded.
-        prune: pruning for this prefill.
-        max_tokens: generation budget (>= 1).
-        sampling: sampling settings.
-        progress: progress hook for slow steps.
-        t_start: request start for time-to-first-token (default: now).
-
-    Yields:
-        GenerationResponse per token; the last one has finish_reason set.
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    t_start = time.perf_counter() if t_start is None else t_start
-    check_fits(prompt, cursor.n_used, model.n_ctx)
+    check_fits(prompt, prune, cache.n_used, model.n_ctx)
     vocab = llama_cpp.llama_model_get_vocab(model.llm.model)
-    with TokenBatch(model.llm.n_batch) as batch:  # Llama clamps n_batch to n_ctx
-        cursor.n_past, stats = prefill(
-            model.ctx,
-            model.mtmd_ctx,
-            prompt,
-            batch,
-            n_past=cursor.n_past,
-            n_ubatch=llama_cpp.llama_n_ubatch(model.ctx),
-            prune=prune,
-            progress=progress,
-        )
-        cursor.n_used += prompt.n_tokens
-        fields = _stats_fields(model, stats, prune)
-        # invalid UTF-8 from a byte token is dropped, as llama-cpp-python does
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        sampler = make_sampler(model.llm, sampling)
-        try:
-            yield from _stream(model, cursor, sampler, batch, vocab, decoder, fields, max_tokens, t_start)
-        finally:
-            sampler.close()
+    cache.n_past, stats = prefill(model.target, prompt, n_past=cache.n_past, prune=prune, progress=progress)
+    cache.n_used += stats.n_cells
+    cache.decoded = []
+    # invalid UTF-8 from a byte token is dropped, as llama-cpp-python does
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+    sampler = make_sampler(model.llm, sampling)
+    try:
+        with TokenBatch(model.llm.n_batch) as batch:  # Llama clamps n_batch to n_ctx
+            steps = generate_step(model, cache, sampler, batch)
+            yield from _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start)
+    finally:
+        sampler.close()
 
 
-def _stream(model, cursor, sampler, batch, vocab, decoder, fields, max_tokens, t_start):
+def _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start):
     n, t_first = 0, 0.0
-    steps = generate_step(model, cursor, sampler, batch)
+    step = dict(stats=stats, flops_ratio=_flops_ratio(model, stats))
     for token in steps:
         now = time.perf_counter()
         if n == 0:
             t_first = now
-            fields["ttft_ms"] = (now - t_start) * 1e3
+            step["ttft_ms"] = (now - t_start) * 1e3
         if llama_cpp.llama_vocab_is_eog(vocab, token):
             yield GenerationResponse(
-                text=decoder.decode(b"", final=True), token=token, generation_tokens=n, finish_reason="stop", **fields
+                text=decoder.decode(b"", final=True), token=token, generation_tokens=n, finish_reason="stop", **step
             )
             return
         n += 1
-        fields["decode_tps"] = (n - 1) / (now - t_first) if n > 1 and now > t_first else 0.0
+        step["decode_tps"] = (n - 1) / (now - t_first) if n > 1 and now > t_first else 0.0
         text = decoder.decode(token_piece(vocab, token))
-        full = n >= max_tokens or cursor.n_used >= model.n_ctx
+        full = n >= max_tokens or cache.n_used >= model.n_ctx
         if full:
             text += decoder.decode(b"", final=True)
         yield GenerationResponse(
-            text=text, token=token, generation_tokens=n, finish_reason="length" if full else None, **fields
+            text=text, token=token, generation_tokens=n, finish_reason="length" if full else None, **step
         )
         if full:
             return
@@ -265,7 +238,24 @@ def render_chat(model: Model, messages: list[dict], add_generation_prompt: bool 
             f"{Path(model.info.path).name} has no chat template in its metadata and matches no preset; "
             "pass one (--chat-template NAME|FILE.jinja, template= in load()) or use a raw prompt"
         )
-    llm = model.llm
+    return chat_text(model.llm, model.template, messages, add_generation_prompt=add_generation_prompt)
+
+
+def chat_text(llm, template: str, messages: list[dict], *, add_generation_prompt: bool = True, **template_vars) -> str:
+    """Render messages with `template` for the llama_cpp.Llama `llm` (its BOS/EOS texts, mtmd's marker).
+
+    Args:
+        llm: the llama_cpp.Llama whose vocabulary gives BOS and EOS.
+        template: Jinja source.
+        messages: OpenAI-style messages.
+        add_generation_prompt: end with the assistant header.
+        **template_vars: further template variables (tools, functions, ...).
+
+    Returns:
+        The prompt text.
+    """
+    import llama_cpp.mtmd_cpp as mtmd
+
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     piece = lambda tok: token_piece(vocab, tok, special=True).decode("utf-8", "replace")  # noqa: E731
     bos = piece(llm.token_bos()) if llm.token_bos() >= 0 else ""
@@ -273,13 +263,14 @@ def render_chat(model: Model, messages: list[dict], add_generation_prompt: bool 
     # mtmd adds BOS when the vocabulary asks for it; a second one from the template would double it
     strip = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
     return render(
-        model.template,
+        template,
         messages,
-        marker=model.marker,
+        marker=mtmd.mtmd_default_marker().decode("utf-8"),
         bos_token=bos,
         eos_token=eos,
         add_generation_prompt=add_generation_prompt,
         strip_bos=strip,
+        **template_vars,
     )
 
 
@@ -293,40 +284,48 @@ def stream_generate(
     sampling: SamplingConfig | None = None,
     apply_template: bool = True,
     system: str | None = None,
-    progress: Progress = _no_progress,
+    cache: PromptCache | None = None,
+    instruction: str | None = None,
+    progress: Progress = no_progress,
 ) -> Iterator[GenerationResponse]:
     """Answer one prompt about zero or more images, streaming.
 
-    The context is cleared first: each call is an independent request (see ChatSession
-    for multi-turn use).
-
     Args:
         model: from load().
-        prompt: the user's text.
+        prompt: the user's text (with apply_template=False: the raw text to decode).
         images: paths, file:// URLs, data: URIs, bytes or decoded RGBImage objects.
         prune: pruning for this request (default: the model's).
-        max_tokens: maximum number of generated tokens.
+        max_tokens: maximum number of generated tokens (>= 1).
         sampling: sampling settings (default: greedy).
         apply_template: wrap the prompt in the chat template.
         system: optional system message.
+        cache: continue this conversation (its prompt and answers stay in the context, the new
+            prompt is appended, BOS only when it is empty); None: an independent request on a
+            cleared context.
+        instruction: the text CDPruner ranks image tokens against (default: `prompt` without
+            its image markers).
         progress: progress hook for slow steps (the CLI prints them).
 
     Yields:
         GenerationResponse per generated token; the last one has finish_reason set.
     """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     prune = prune or model.prune
     prune.check_layer(model.info.n_layer)
     sampling = sampling or SamplingConfig()
     decoded = [img if isinstance(img, RGBImage) else load_image(img) for img in images]
     text = build_prompt(model, prompt, len(decoded), apply_template=apply_template, system=system)
     t_start = time.perf_counter()
-    model.llm.reset()
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(model.ctx), True)
-    with tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=True) as tokens:
-        yield from respond(
+    cache = cache if cache is not None else PromptCache()
+    _claim(model, cache)
+    with tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=cache.empty) as tokens:
+        words = (instruction if instruction is not None else prompt).replace(model.marker, " ").strip()
+        tokens.instruction = list(model.llm.tokenize(words.encode("utf-8"), add_bos=False, special=False))
+        yield from _respond(
             model,
             tokens,
-            Cursor(),
+            cache,
             prune=prune,
             max_tokens=max_tokens,
             sampling=sampling,
@@ -342,7 +341,7 @@ def generate(model: Model, prompt: str, images: Sequence[ImageInput] = (), **kwa
         model: from load().
         prompt: the user's text.
         images: see stream_generate().
-        **kwargs: prune, max_tokens, sampling, apply_template, system, progress.
+        **kwargs: prune, max_tokens, sampling, apply_template, system, cache, instruction, progress.
 
     Returns:
         The generated text.

@@ -4,12 +4,13 @@
                 chat_handler=FastVChatHandler(clip_model_path="mmproj.gguf", prune=PruneConfig(drop_ratio=0.5)))
     llm.create_chat_completion(messages=[...], stream=False)
 
-It builds on MTMDChatHandler's public pieces (mtmd context set-up, image URL collection,
-chat template lookup) and replaces only the prompt evaluation: the chunk loop runs through
-fastv_edge.prefill, so the image tokens are pruned. Afterwards the Llama object is left
-exactly as its own evaluation would leave it (input_ids, n_tokens, last logits row), and
-Llama.create_completion samples from the finish() logits through its "prompt fully cached"
-path without evaluating anything again.
+It builds on MTMDChatHandler's public pieces (image URL collection, chat template lookup)
+and replaces the mtmd set-up (the handler's own `verbose` decides what mtmd prints) and the
+prompt evaluation: the chunk loop runs through fastv_edge.prefill, the one orchestrator, so the
+image tokens are pruned. Afterwards the Llama object is left exactly as its own evaluation
+would leave it (input_ids, n_tokens, last logits row), and Llama.create_completion samples from
+the prefill's logits through its "prompt fully cached" path without evaluating anything again.
+The pruning statistics are in the response's usage (`fastv` key) and in `last_stats`.
 
 Unsupported architectures are refused (UnsupportedModelError) unless strategy='none'.
 """
@@ -25,11 +26,13 @@ from llama_cpp import llama_chat_format as lcf
 from llama_cpp import llama_grammar
 
 from .config import PruneConfig
-from .errors import UnsupportedModelError
+from .encoder import ImageEncoder
+from .generate import chat_text
 from .images import load_image
-from .model import FASTV_ARCHITECTURES, read_mmproj_info
-from .prefill import PrefillStats, Prompt, TokenBatch, check_fits, prefill, tokenize
-from .templates import render, resolve_template
+from .model import check_supported, open_mtmd, read_mmproj_info
+from .prefill import PrefillStats, Target, check_fits, prefill
+from .prompt import ImagePiece, Prompt, tokenize
+from .templates import resolve_template
 
 # create_completion arguments the handler passes through unchanged
 _COMPLETION_KEYS = (
@@ -81,6 +84,30 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         self.prune = prune or PruneConfig()
         self.template = template
         self.last_stats: PrefillStats | None = None  # statistics of the last prefill
+        self._encoder: ImageEncoder | None = None
+        self._token_embeddings = None  # opened on the first CDPruner request
+
+    def _init_mtmd_context(self, llama_model) -> None:
+        # MTMDChatHandler's own set-up takes verbose from the Llama and lets mtmd print to
+        # stderr; ours keeps this handler's verbose and routes mtmd's log like llama.cpp's
+        if self.mtmd_ctx is not None:
+            return
+        self.mtmd_ctx = open_mtmd(
+            llama_model.model,
+            self.clip_model_path,
+            n_threads=llama_model.n_threads,
+            use_gpu=self.use_gpu,
+            flash_attn=llama_model.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            verbose=self.verbose,
+        )
+        self._encoder = ImageEncoder(self.mtmd_ctx, llama_model.model)
+
+        def free() -> None:
+            if self.mtmd_ctx is not None:
+                self._mtmd_cpp.mtmd_free(self.mtmd_ctx)
+                self.mtmd_ctx = None
+
+        llama_model._stack.callback(free)
 
     def load_image(self, image_url: str) -> bytes:
         """Accepts file:// URLs, data: URIs, local paths and http(s) URLs."""
@@ -98,45 +125,37 @@ class FastVChatHandler(lcf.MTMDChatHandler):
                 "FastV yields logits for the last prompt token only; create the Llama with logits_all=False"
             )
         arch = llama.metadata.get("general.architecture", "?")
-        if self.prune.enabled and arch not in FASTV_ARCHITECTURES:
-            raise UnsupportedModelError(
-                f"FastV does not support architecture {arch!r} (supported: {', '.join(FASTV_ARCHITECTURES)}); "
-                "use PruneConfig(strategy='none') for the stock path"
-            )
-        self.prune.check_layer(llama_cpp.llama_model_n_layer(llama.model))
+        check_supported(arch, llama_cpp.llama_model_n_layer(llama.model), self.prune)
 
     def _render(self, llama, messages, **template_vars) -> str:
-        vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        text = render(
-            self._get_chat_template(llama),
-            messages,
-            marker=llama_cpp.mtmd_cpp.mtmd_default_marker().decode(),
-            bos_token=llama.detokenize([llama.token_bos()], special=True).decode("utf-8", "replace"),
-            eos_token=llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "replace"),
-            add_generation_prompt=True,
-            strip_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
-            **template_vars,
-        )
+        text = chat_text(llama, self._get_chat_template(llama), messages, **template_vars)
         if self.verbose:
             print(text, file=sys.stderr)
         return text
 
-    def _evaluate(self, llama, text: str, images) -> list[int]:
-        """The FastV prefill; leaves `llama` as if it had evaluated the prompt itself."""
+    def _text_features(self, llama):
+        if self._token_embeddings is None:
+            from .text_features import TokenEmbeddings
+
+            self._token_embeddings = TokenEmbeddings(llama.model_path)
+            llama._stack.callback(self._token_embeddings.close)
+        return self._token_embeddings
+
+    def _evaluate(self, llama, text: str, images, instruction: list[int] | None = None) -> list[int]:
+        """The pruned prefill; leaves `llama` as if it had evaluated the prompt itself."""
         llama.reset()
         llama._ctx.kv_cache_clear()
+        target = Target(
+            llama._ctx.ctx,
+            self._encoder,
+            llama.n_batch,
+            llama_cpp.llama_n_ubatch(llama._ctx.ctx),
+            text_rows=lambda ids: self._text_features(llama).rows(ids),
+        )
         with tokenize(llama, self.mtmd_ctx, text, images, add_special=True) as prompt:
-            check_fits(prompt, 0, llama.n_ctx())
-            with TokenBatch(llama.n_batch) as batch:
-                n_past, self.last_stats = prefill(
-                    llama._ctx.ctx,
-                    self.mtmd_ctx,
-                    prompt,
-                    batch,
-                    n_past=0,
-                    n_ubatch=llama_cpp.llama_n_ubatch(llama._ctx.ctx),
-                    prune=self.prune,
-                )
+            prompt.instruction = instruction
+            check_fits(prompt, self.prune, 0, llama.n_ctx())
+            n_past, self.last_stats = prefill(target, prompt, n_past=0, prune=self.prune)
             _sync_llama(llama, prompt, n_past)
         return llama.input_ids[: llama.n_tokens].tolist()
 
@@ -172,7 +191,9 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         text = self._render(
             llama, messages, functions=functions, function_call=function_call, tools=tools, tool_choice=tool_choice
         )
-        prompt = self._evaluate(llama, text, images)
+        words = _last_user_text(messages)
+        instruction = list(llama.tokenize(words.encode("utf-8"), add_bos=False, special=False)) if words else None
+        prompt = self._evaluate(llama, text, images, instruction)
         if response_format is not None and response_format.get("type") == "json_object":
             grammar = lcf._grammar_for_response_format(response_format)
         tool = _forced_tool(functions, function_call, tools, tool_choice)
@@ -188,8 +209,10 @@ class FastVChatHandler(lcf.MTMDChatHandler):
             **{k: kwargs[k] for k in _COMPLETION_KEYS if k in kwargs},
         )
         if tool is not None:
-            return lcf._convert_completion_to_chat_function(tool["function"]["name"], completion, stream)
-        return lcf._convert_completion_to_chat(completion, stream=stream)
+            result = lcf._convert_completion_to_chat_function(tool["function"]["name"], completion, stream)
+        else:
+            result = lcf._convert_completion_to_chat(completion, stream=stream)
+        return _with_usage(result, self.last_stats) if not stream else result
 
 
 def _forced_tool(functions, function_call, tools, tool_choice):
@@ -207,14 +230,46 @@ def _forced_tool(functions, function_call, tools, tool_choice):
     return tool
 
 
+def _last_user_text(messages) -> str:
+    """The text parts of the last user message (what CDPruner ranks image tokens against)."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        parts = content or []
+        return " ".join(p.get("text", "") for p in parts if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def usage_stats(stats: PrefillStats) -> dict:
+    """The pruning statistics a chat completion carries under usage["fastv"]."""
+    return {
+        "strategy": stats.strategy,
+        "n_image_tokens": stats.n_image_tokens,
+        "n_kept": stats.n_kept,
+        "n_cells": stats.n_cells,
+        "encode_ms": round(stats.encode_ms, 3),
+        "select_ms": round(stats.select_ms, 3),
+        "prefill_ms": round(stats.prefill_ms, 3),
+    }
+
+
+def _with_usage(completion: dict, stats: PrefillStats | None) -> dict:
+    if stats is not None:
+        completion.setdefault("usage", {})["fastv"] = usage_stats(stats)
+    return completion
+
+
 def _sync_llama(llama, prompt: Prompt, n_past: int) -> None:
     """Set Llama's bookkeeping as its own eval() would: ids, count, last logits row."""
     pos = 0
     for piece in prompt.pieces:
-        if piece.tokens is not None:
-            llama.input_ids[pos : pos + piece.n_pos] = piece.tokens
-        else:
+        if isinstance(piece, ImagePiece):
             llama.input_ids[pos : pos + piece.n_pos] = 0  # image positions have no token id
+        else:
+            llama.input_ids[pos : pos + piece.n_pos] = piece.tokens
         pos += piece.n_pos
     llama.n_tokens = n_past
     llama._requires_eval = False  # the context's logits are live: generate() samples them directly

@@ -15,7 +15,7 @@ def image_tokens_per_image(model_path: str, mmproj_path: str, image_size: int | 
     from .config import PruneConfig, RuntimeConfig
     from .images import RGBImage
     from .model import load
-    from .prefill import tokenize
+    from .prompt import tokenize
 
     side = image_size or 336
     img = RGBImage(side, side, bytes(side * side * 3), "probe")
@@ -32,7 +32,7 @@ def model_report(model: str | os.PathLike, mmproj: str | os.PathLike | None = No
         mmproj: mmproj GGUF path; None with a preset: the preset's.
 
     Returns:
-        An ordered dict of display name -> value.
+        An ordered dict, snake_case key -> value (the CLI shows the keys with spaces).
     """
     from .model import _resolve_paths
 
@@ -44,32 +44,31 @@ def model_report(model: str | os.PathLike, mmproj: str | os.PathLike | None = No
         template = "none (pass --chat-template)"
     native = native_info()
     report = {
-        "file": model_path,
+        "file": str(Path(model_path)),
         "name": info.name,
         "architecture": info.architecture,
         "layers": info.n_layer,
         "n_embd": info.n_embd,
         "n_ff": info.n_ff,
         "heads": info.n_head,
-        "trained context": info.n_ctx_train,
+        "trained_context": info.n_ctx_train,
         "quantization": info.quantization,
-        "size MiB": round(info.size_bytes / 2**20, 1),
-        "chat template": template,
-        "FastV architecture": (
+        "size_mib": round(info.size_bytes / 2**20, 1),
+        "chat_template": template,
+        "fastv_architecture": (
             "supported" if info.architecture in FASTV_ARCHITECTURES else "not supported (--strategy none)"
         ),
-        "FastV symbols": "present" if native["has_fastv"] else f"MISSING ({native['error'] or native['lib_path']})",
+        "fastv_symbols": "present" if native["has_fastv"] else f"MISSING ({native['error'] or native['lib_path']})",
     }
     if mmproj_path:
         mm = read_mmproj_info(mmproj_path)
         report.update(
             {
-                "mmproj": mmproj_path,
+                "mmproj": str(Path(mmproj_path)),
                 "projector": mm.projector_type,
-                "projector n_embd": mm.n_embd_out,
-                "image size": mm.image_size,
-                "image tokens / image": image_tokens_per_image(model_path, mmproj_path, mm.image_size),
+                "projector_n_embd": mm.n_embd_out,
+                "image_size": mm.image_size,
+                "image_tokens_per_image": image_tokens_per_image(model_path, mmproj_path, mm.image_size),
             }
         )
-    report["file"] = str(Path(report["file"]))
     return report

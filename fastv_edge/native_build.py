@@ -1,16 +1,18 @@
 """Build and install the patched llama-cpp-python wheel (standard library only).
 
-Runs before anything else is installed:
+Runs before anything else is installed, from a clone or from an installed fastv-edge:
 
-    python fastv_edge/native_build.py install      # build (or reuse) and install the wheel
-    python fastv_edge/native_build.py build        # build (or reuse) the wheel, print its path
-    python fastv_edge/native_build.py patch-check  # check every patch on the pinned source
-    python fastv_edge/native_build.py key          # print the cache key and what it is made of
+    python fastv_edge/native_build.py install      # (a clone) build (or reuse) and install the wheel
+    python -m fastv_edge.native_build install      # the same, wherever fastv_edge is importable
+    python -m fastv_edge.native_build build        # build (or reuse) the wheel, print its path
+    python -m fastv_edge.native_build patch-check  # check every patch on the pinned source
+    python -m fastv_edge.native_build key          # print the cache key and what it is made of
 
 The pinned llama-cpp-python sdist is downloaded with pip, checked by sha256, and
 patches/*.patch are applied to its vendor/llama.cpp. scikit-build-core then builds the
-sdist with cmake.source-dir set to this repository, so our CMakeLists.txt sets the
-llama.cpp options and add_subdirectory()s the patched sdist. The wheel is cached under
+sdist with cmake.source-dir set to the folder of our CMakeLists.txt (the clone's root, or
+the copy a wheel carries in fastv_edge/native_src), so it sets the llama.cpp options and
+add_subdirectory()s the patched sdist. The wheel is cached under
 $FASTV_EDGE_CACHE (default ~/.cache/fastv-edge) by a key over everything that changes
 the binary; an unchanged key installs the cached wheel, or nothing if it is installed.
 """
@@ -24,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -40,9 +43,10 @@ SCIKIT_BUILD_CORE_VERSION = "1.1.2"
 # Bump when the build mechanics change in a way the other key parts cannot see.
 RECIPE_VERSION = 1
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PATCH_DIR = REPO_ROOT / "patches"
-CMAKELISTS = REPO_ROOT / "CMakeLists.txt"
+# Where patches/ and CMakeLists.txt live: a clone's root, else the copies setup.py puts in
+# the wheel. The clone wins, so edited patches are what gets built; equal content, equal key.
+_HERE = Path(__file__).resolve().parent
+SOURCE_DIRS = (_HERE.parent, _HERE / "native_src")
 STAMP_NAME = "fastv_edge_build.json"  # written by CMakeLists.txt next to libllama
 MIN_CMAKE = (3, 21)
 PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check")
@@ -78,6 +82,24 @@ def log(msg: str) -> None:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FASTV_EDGE_CACHE") or Path.home() / ".cache" / "fastv-edge")
+
+
+def source_dir() -> Path:
+    """The folder holding patches/ and the CMakeLists.txt of the build."""
+    for folder in SOURCE_DIRS:
+        if (folder / "CMakeLists.txt").is_file() and (folder / "patches").is_dir():
+            return folder
+    raise NativeBuildError(
+        f"no patches/ and CMakeLists.txt in {' or '.join(map(str, SOURCE_DIRS))}; reinstall fastv-edge "
+        "from its wheel or sdist, or run from a clone of the repository"
+    )
+
+
+def install_command() -> str:
+    """The command that builds and installs the patched library for this interpreter, as a user types it."""
+    on_path = shutil.which("python")
+    python = "python" if on_path and os.path.abspath(on_path) == os.path.abspath(sys.executable) else sys.executable
+    return f"{shlex.quote(python)} -m fastv_edge.native_build install"
 
 
 # ---------------------------------------------------------------- CPU flags
@@ -159,8 +181,8 @@ def build_x86_flags(
 # ---------------------------------------------------------------- cache key
 
 
-def patch_files(patch_dir: Path = PATCH_DIR) -> list[Path]:
-    return sorted(patch_dir.glob("*.patch"))
+def patch_files(patch_dir: Path | None = None) -> list[Path]:
+    return sorted((patch_dir or source_dir() / "patches").glob("*.patch"))
 
 
 def patches_hash(patches: list[Path]) -> str:
@@ -199,7 +221,8 @@ def cache_key(components: dict) -> str:
 
 
 def current_components() -> dict:
-    return key_components(patch_files(), CMAKELISTS, build_x86_flags(), os.environ.get("CMAKE_ARGS", ""))
+    cmakelists = source_dir() / "CMakeLists.txt"
+    return key_components(patch_files(), cmakelists, build_x86_flags(), os.environ.get("CMAKE_ARGS", ""))
 
 
 # ---------------------------------------------------------------- sdist and patches
@@ -420,7 +443,7 @@ def _build_wheel_locked(key: str, components: dict, verbose: bool) -> Path:
         defines["FASTV_EDGE_X86_FLAGS"] = ";".join(components["x86_flags"]) or "none"
     dist = work / "dist"
     settings = {
-        "cmake.source-dir": REPO_ROOT,  # our CMakeLists.txt is the top level of the build
+        "cmake.source-dir": source_dir(),  # our CMakeLists.txt is the top level of the build
         "build-dir": work / "cmake-build",
         "cmake.build-type": "Release",
         **{f"cmake.define.{k}": v for k, v in defines.items()},

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from .native_build import LLAMA_CPP_PYTHON_VERSION, STAMP_NAME
+from .native_build import LLAMA_CPP_PYTHON_VERSION, STAMP_NAME, install_command
 
 # The one list of the patch's symbols; _native binds them (it cannot load without libllama).
 FASTV_SYMBOLS = (
@@ -60,10 +60,7 @@ def native_info() -> dict:
     try:
         import llama_cpp
     except Exception as e:  # ImportError, or OSError from a libllama that fails to load
-        info["error"] = (
-            f"cannot import llama_cpp ({e}); build and install the patched copy: "
-            "python fastv_edge/native_build.py install"
-        )
+        info["error"] = f"cannot import llama_cpp ({e}); build and install the patched copy: {install_command()}"
         return info
     lib = llama_cpp.llama_cpp._lib
     info["llama_cpp_python_version"] = llama_cpp.__version__

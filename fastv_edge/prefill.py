@@ -1,329 +1,298 @@
-"""Prompt evaluation: tokenize with mtmd, then decode the chunks, with or without FastV.
+"""The one prompt evaluation every entry point calls: stock, FastV, rows selected first, or both.
 
-FastV (strategy 'fastv'/'random', at least one image token):
-    llama_fastv_begin(ctx, 0, K, R)            -> SHALLOW: graphs stop after layer K-1
-    text chunks: llama_decode, no logits       (SHALLOW produces none)
-    image chunks: mtmd_encode_chunk + mtmd_helper_decode_image_chunk
-    llama_fastv_finish(ctx)                     -> rank, keep, run layers >= K on the kept
-      (absolute keep / random: read get_scores() after the last chunk, pick in Python,
-       then llama_fastv_finish_with_keep)
-    logits of the last prompt token are then in llama_get_logits_ith(ctx, -1).
-Stock (strategy 'none', or no image): the same loop with logits on the last token.
-On any exception the FastV state is aborted and this prefill's KV cells are removed.
+    1. encode  every image: rows = encoder.encode(piece)      (mtmd's vision encoder, or given rows)
+    2. select  pre-LLM stage (divprune / dart / cdpruner / random at K=0, or a two-stage `pre`):
+               which rows enter the LLM, B1 of N, shared across images by token count
+    3. decode  the pieces in order; text with llama_decode; an image
+                   every row kept -> mtmd_helper_decode_image_chunk(rows), exactly mtmd's decode
+                   a subset       -> decode.decode_rows(rows[keep], positions[:, keep]): kept rows keep
+                                     their positions, the text after continues where the whole image ends
+    4. FastV   in-LLM stage (fastv / random at layer K >= 1): llama_fastv_begin before step 3 (graphs
+               stop after layer K-1), then llama_fastv_finish(B2) ranks the decoded image rows by
+               layer K-1 attention and runs layers >= K on the kept ones ('random' draws them).
+    The last prompt token's logits are then in the context, as after any decode.
+
+On any error the FastV state is aborted and the cells this prefill wrote are removed, so the
+context is exactly as before the call (earlier turns of a chat stay valid).
+Callers: generate.stream_generate (API, CLI, ChatSession), handler.FastVChatHandler, bench.
 """
 
 from __future__ import annotations
 
-import ctypes
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
+import numpy as np
 
 from . import _native
 from .config import PruneConfig
+from .decode import TokenBatch, decode_rows
+from .encoder import Encoded, ImageEncoder
 from .errors import ContextOverflowError, NativeError, Status, UnsupportedModelError
-from .images import RGBImage
-from .pruning import make_pruner, n_keep
+from .prompt import ImagePiece, Prompt, TextPiece
+from .pruning import select_random, stage_budgets
+from .response import ImageStats, PrefillStats
 
 Progress = Callable[[str], AbstractContextManager]
-_no_progress: Progress = lambda _msg: nullcontext()  # noqa: E731
+
+
+def no_progress(_message: str) -> AbstractContextManager:
+    """The default progress hook: does nothing."""
+    return nullcontext()
+
+
 _NO_CALLBACK = mtmd.mtmd_helper_post_decode_callback()  # a NULL function pointer
 
 
 @dataclass
-class Piece:
-    """One prompt chunk: text tokens, or an mtmd image chunk (owned by its Prompt)."""
+class Target:
+    """Where a prefill decodes: a llama context, its batch sizes, the image encoder, and the
+    text-feature reader pre-LLM selection needs (CDPruner: token ids -> input embedding rows)."""
 
-    tokens: list[int] | None = None  # text
-    chunk: int | None = None  # mtmd_input_chunk_p of an image
-    n_tokens: int = 0
-    n_pos: int = 0  # positions it advances (differs from n_tokens with M-RoPE)
-
-
-@dataclass
-class PrefillStats:
-    """What one prefill did and how long it took."""
-
-    n_prompt_tokens: int = 0  # text + image tokens decoded (KV cells used)
-    n_image_tokens: int = 0  # N
-    n_kept: int = 0  # image tokens seen by layers >= K (N when not pruned)
-    encode_ms: float = 0.0  # vision encoder, all images
-    shallow_ms: float = 0.0  # phase 1: decode of all chunks (the whole prefill when stock)
-    deep_ms: float = 0.0  # phase 2: llama_fastv_finish
-    pruned: bool = False
-    kept: list[int] = field(default_factory=list)  # kept image-token indices (prompt order)
-    n_unranked: int = 0  # image tokens with exactly zero layer K-1 attention (outside a sliding window)
+    ctx: object  # llama_context pointer
+    encoder: ImageEncoder | None
+    n_batch: int
+    n_ubatch: int
+    seq_id: int = 0
+    text_rows: Callable[[list[int]], np.ndarray] | None = None
 
     @property
-    def prefill_ms(self) -> float:
-        """LLM prefill time, both phases (the vision encoder excluded)."""
-        return self.shallow_ms + self.deep_ms
+    def mtmd_ctx(self):
+        return self.encoder.mtmd_ctx if self.encoder is not None else None
 
 
-class Prompt:
-    """A tokenized prompt: text and image pieces. Owns the mtmd chunks; close() frees them."""
+def prompt_cells(prompt: Prompt, prune: PruneConfig) -> int:
+    """KV cells the prompt will occupy: its text plus the image rows that enter the LLM (B1).
 
-    def __init__(self, pieces: list[Piece], chunks=None):
-        self.pieces = pieces
-        self._chunks = chunks
-
-    @property
-    def n_tokens(self) -> int:
-        """KV cells the prompt needs."""
-        return sum(p.n_tokens for p in self.pieces)
-
-    @property
-    def n_image_tokens(self) -> int:
-        """N: tokens coming from images."""
-        return sum(p.n_tokens for p in self.pieces if p.chunk is not None)
-
-    @property
-    def text_tokens(self) -> list[int]:
-        """All text tokens in order (images left out)."""
-        return [t for p in self.pieces if p.tokens for t in p.tokens]
-
-    def close(self) -> None:
-        """Free the mtmd chunks."""
-        if self._chunks:
-            mtmd.mtmd_input_chunks_free(self._chunks)
-            self._chunks = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def tokenize(llm, mtmd_ctx, text: str, images: list[RGBImage], *, add_special: bool = True) -> Prompt:
-    """Split `text` at mtmd's media markers and tokenize text and images.
-
-    Args:
-        llm: the llama_cpp.Llama (text-only tokenization when mtmd_ctx is None).
-        mtmd_ctx: mtmd context, or None for a text-only model.
-        text: prompt text with one media marker per image.
-        images: decoded images, in marker order.
-        add_special: add BOS (True for the start of a conversation only).
-
-    Returns:
-        A Prompt (close it, or use `with`).
+    Raises:
+        ValueError: a budget larger than the prompt's image tokens.
     """
-    marker = mtmd.mtmd_default_marker().decode("utf-8")
-    if text.count(marker) != len(images):
-        raise ValueError(f"prompt has {text.count(marker)} image markers {marker!r} but {len(images)} images")
-    if mtmd_ctx is None:
-        if images:
-            raise ValueError("this model was loaded without an mmproj; it cannot read images (pass --mmproj)")
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
-        return Prompt([Piece(tokens=list(tokens), n_tokens=len(tokens), n_pos=len(tokens))])
-    chunks = mtmd.mtmd_input_chunks_init()
-    if not chunks:
-        raise MemoryError("mtmd_input_chunks_init failed")
-    prompt = Prompt([], chunks)
-    try:
-        _tokenize_into(mtmd_ctx, chunks, text, images, add_special)
-        prompt.pieces = _pieces(chunks)
-    except BaseException:
-        prompt.close()
-        raise
-    return prompt
+    n_image = prompt.n_image_tokens
+    return prompt.n_tokens - n_image + stage_budgets(prune, n_image)[0]
 
 
-def _tokenize_into(mtmd_ctx, chunks, text: str, images: list[RGBImage], add_special: bool) -> None:
-    bitmaps = []
-    try:
-        for img in images:
-            buf = (ctypes.c_uint8 * len(img.data)).from_buffer_copy(img.data)  # (ny, nx, 3) RGB
-            bitmap = mtmd.mtmd_bitmap_init(img.nx, img.ny, buf)
-            if not bitmap:
-                raise ValueError(f"{img.name}: mtmd could not take a {img.nx}x{img.ny} image")
-            bitmaps.append(bitmap)
-        raw = text.encode("utf-8")
-        inp = mtmd.mtmd_input_text(text=raw, text_len=len(raw), add_special=add_special, parse_special=True)
-        arr = (mtmd.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
-        rc = mtmd.mtmd_tokenize(mtmd_ctx, chunks, ctypes.byref(inp), arr, len(bitmaps))
-        if rc != 0:
-            raise ValueError(
-                f"mtmd_tokenize failed with code {rc} (1: marker/image count mismatch, 2: image preprocessing)"
-            )
-    finally:
-        for bitmap in bitmaps:  # the chunks hold preprocessed copies
-            mtmd.mtmd_bitmap_free(bitmap)
-
-
-def _pieces(chunks) -> list[Piece]:
-    pieces = []
-    for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-        chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-        kind = mtmd.mtmd_input_chunk_get_type(chunk)
-        if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-            n = ctypes.c_size_t()
-            ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-            tokens = [ptr[j] for j in range(n.value)]
-            if tokens:
-                pieces.append(Piece(tokens=tokens, n_tokens=len(tokens), n_pos=len(tokens)))
-        elif kind == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
-            n_tok = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-            pieces.append(Piece(chunk=chunk, n_tokens=n_tok, n_pos=mtmd.mtmd_input_chunk_get_n_pos(chunk)))
-        else:
-            raise ValueError("audio input is not supported")
-    return pieces
-
-
-def check_fits(prompt: Prompt, n_used: int, n_ctx: int) -> None:
-    """Raise ContextOverflowError unless the prompt fits in the free KV cells."""
-    if n_used + prompt.n_tokens > n_ctx:
+def check_fits(prompt: Prompt, prune: PruneConfig, n_used: int, n_ctx: int) -> None:
+    """Raise ContextOverflowError unless the prompt's cells fit in the context's free ones."""
+    n_cells = prompt_cells(prompt, prune)
+    if n_used + n_cells > n_ctx:
         n_img = prompt.n_image_tokens
+        n_text = prompt.n_tokens - n_img
         raise ContextOverflowError(
-            f"prompt needs {prompt.n_tokens} tokens ({prompt.n_tokens - n_img} text + {n_img} image) but only "
-            f"{n_ctx - n_used} of the context's {n_ctx} are free; raise n_ctx (-c) or shorten the prompt"
+            f"prompt needs {n_cells} KV cells ({n_text} text + {n_cells - n_text} image) but only "
+            f"{n_ctx - n_used} of the context's {n_ctx} are free; raise n_ctx (-c), prune before the LLM "
+            "(--strategy divprune -k 0 --keep N) or shorten the prompt"
         )
 
 
-def _decode_tokens(ctx, batch, tokens: list[int], n_past: int, n_batch: int, logits_last: bool) -> int:
-    for start in range(0, len(tokens), n_batch):
-        part = tokens[start : start + n_batch]
-        batch.n_tokens = len(part)
-        for i, tok in enumerate(part):
-            batch.token[i] = tok
-            batch.pos[i] = n_past + start + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = False
-        if logits_last and start + n_batch >= len(tokens):
-            batch.logits[len(part) - 1] = True
-        rc = llama_cpp.llama_decode(ctx, batch)
-        if rc != 0:
-            hint = "no free KV slot: the context is full" if rc == 1 else "see llama.cpp's log (verbose)"
-            raise NativeError("llama_decode", rc, hint)
-    return n_past + len(tokens)
-
-
-class TokenBatch:
-    """A llama_batch for up to n_batch text tokens of sequence 0 (freed on close)."""
-
-    def __init__(self, n_batch: int):
-        self.n_batch = n_batch
-        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-
-    def decode(self, ctx, tokens: list[int], n_past: int, logits_last: bool) -> int:
-        """Decode tokens from position n_past; returns the next position."""
-        return _decode_tokens(ctx, self.batch, tokens, n_past, self.n_batch, logits_last)
-
-    def close(self) -> None:
-        """Free the native batch."""
-        if self.batch is not None:
-            llama_cpp.llama_batch_free(self.batch)
-            self.batch = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _decode_image(ctx, mtmd_ctx, piece: Piece, n_past: int, n_batch: int, stats: PrefillStats) -> int:
-    t0 = time.perf_counter()
-    rc = mtmd.mtmd_encode_chunk(mtmd_ctx, piece.chunk)
-    if rc != 0:
-        raise NativeError("mtmd_encode_chunk", rc, "the vision encoder failed")
-    embd = mtmd.mtmd_get_output_embd(mtmd_ctx)  # (n_tokens, n_embd) floats
-    t1 = time.perf_counter()
-    new_n_past = llama_cpp.llama_pos(n_past)
-    rc = mtmd.mtmd_helper_decode_image_chunk(
-        mtmd_ctx, ctx, piece.chunk, embd, n_past, 0, n_batch, ctypes.byref(new_n_past), _NO_CALLBACK, None
-    )
-    if rc != 0:
-        raise NativeError("mtmd_helper_decode_image_chunk", rc, "decoding the image embeddings failed")
-    stats.encode_ms += (t1 - t0) * 1e3
-    stats.shallow_ms += (time.perf_counter() - t1) * 1e3
-    return new_n_past.value
-
-
-def _check_decodable(prompt: Prompt, mtmd_ctx, n_ubatch: int) -> None:
-    if not prompt.pieces or prompt.pieces[-1].tokens is None:
+def _check_decodable(prompt: Prompt) -> None:
+    if not prompt.pieces or not isinstance(prompt.pieces[-1], TextPiece):
         raise ValueError("the prompt must end with text after its last image (the answer starts from a text token)")
-    for piece in prompt.pieces:
-        # a non-causal image block (Gemma 3) must fit one ubatch, else llama.cpp aborts
-        non_causal = piece.chunk is not None and mtmd.mtmd_decode_use_non_causal(mtmd_ctx, piece.chunk)
-        if non_causal and piece.n_tokens > n_ubatch:
-            raise ValueError(f"image has {piece.n_tokens} tokens but n_ubatch is {n_ubatch}; raise n_ubatch")
+
+
+@dataclass
+class _Image:
+    """One image through the stages: its rows and which of them enter the LLM."""
+
+    piece: ImagePiece
+    offset: int  # index of its first token among all N image tokens of the prompt
+    encoded: Encoded | None = None
+    keep: np.ndarray | None = None  # (B1_i,) ascending row indices; None: every row
 
 
 def prefill(
-    ctx,
-    mtmd_ctx,
+    target: Target,
     prompt: Prompt,
-    batch: TokenBatch,
     *,
     n_past: int,
-    n_ubatch: int,
     prune: PruneConfig,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> tuple[int, PrefillStats]:
-    """Decode a tokenized prompt into sequence 0 of `ctx`, pruning image tokens with FastV.
+    """Decode a tokenized prompt into the target's sequence, pruning image tokens as `prune` says.
 
     Args:
-        ctx: llama_context pointer; its memory already holds positions [0, n_past).
-        mtmd_ctx: mtmd context (None for text-only prompts).
-        prompt: the tokenized prompt.
-        batch: a TokenBatch sized n_batch.
+        target: the llama context (its memory already holds positions [0, n_past)).
+        prompt: the tokenized prompt; it must end with text.
         n_past: first position of this prompt.
-        n_ubatch: the context's n_ubatch (non-causal images must fit in one).
-        prune: strategy, K and budget; 'none' or an image-less prompt takes the stock path.
+        prune: strategy, layer K and budgets; 'none' or an image-less prompt takes the stock path.
         progress: progress(message) -> context manager wrapped around slow steps.
 
     Returns:
         (next position, PrefillStats). The last prompt token's logits are in the context.
+
+    Raises:
+        ValueError: bad budgets for this prompt, a prompt not ending with text, an image block
+            that cannot be decoded; nothing was decoded then.
     """
-    _check_decodable(prompt, mtmd_ctx, n_ubatch)
+    _check_decodable(prompt)
     n_image = prompt.n_image_tokens
-    use_fastv = prune.enabled and n_image > 0
-    budget = n_keep(prune, n_image) if use_fastv else n_image  # keep > N fails here, before C
-    stats = PrefillStats(n_prompt_tokens=prompt.n_tokens, n_image_tokens=n_image, n_kept=n_image, pruned=use_fastv)
+    b1, b2 = stage_budgets(prune, n_image)  # budgets larger than N fail here, before C
+    in_llm = prune.in_llm and n_image > 0
+    stats = PrefillStats(
+        strategy=prune.describe() if n_image else "none (no image)",
+        n_prompt_tokens=prompt.n_tokens,
+        n_image_tokens=n_image,
+        n_kept=n_image,
+        pruned=in_llm,
+        layer=prune.layer if in_llm else 0,
+    )
+    images, offset = [], 0
+    for piece in prompt.images:
+        images.append(_Image(piece, offset))
+        offset += piece.n_tokens
+    _encode(target, images, stats, progress)
+    if prune.pre_stage is not None and n_image:
+        _select(target, prompt, prune, images, stats)
+    _check_blocks(images, target.n_ubatch)
+    memory = llama_cpp.llama_get_memory(target.ctx)
     start = n_past
-    if use_fastv:
-        _begin(ctx, prune.layer)
+    if in_llm:
+        _begin(target, prune.layer)
     try:
-        n_past = _decode_pieces(ctx, mtmd_ctx, prompt, batch, n_past, not use_fastv, stats, progress)
-        if use_fastv:
-            with progress(f"prefill: layers >= {prune.layer} on {budget} of {n_image} image tokens"):
-                t0 = time.perf_counter()
-                _finish(ctx, prune, budget)
-                stats.deep_ms = (time.perf_counter() - t0) * 1e3
-            stats.kept = _native.get_kept(ctx)
-            stats.n_kept = len(stats.kept)
-            if prune.strategy == "fastv":
-                stats.n_unranked = _warn_unranked(_native.get_scores(ctx), prune.layer)
+        n_past = _decode_pieces(target, prompt, images, n_past, not in_llm, stats)
+        if in_llm:
+            with progress(f"prefill: layers >= {prune.layer} on {b2} of {b1} image tokens"):
+                _finish(target, prune, b2, images, stats)
     except BaseException:
-        if use_fastv:
-            _native.abort(ctx)
-        # drop this prompt's cells; earlier turns stay valid
-        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, start, -1)
+        if in_llm:
+            _native.abort(target.ctx)
+        llama_cpp.llama_memory_seq_rm(memory, target.seq_id, start, -1)  # this prompt's cells, nothing else
         raise
+    n_text = prompt.n_tokens - n_image
+    stats.n_cells = n_text + sum(img.n_decoded for img in stats.images)
     return n_past, stats
 
 
-def _decode_pieces(ctx, mtmd_ctx, prompt, batch, n_past, logits_last, stats, progress) -> int:
-    n_images = sum(1 for p in prompt.pieces if p.chunk is not None)
-    i_image = 0
-    for i, piece in enumerate(prompt.pieces):
-        last = i == len(prompt.pieces) - 1
-        if piece.tokens is not None:
+def _encode(target: Target, images: list[_Image], stats: PrefillStats, progress: Progress) -> None:
+    for k, img in enumerate(images, 1):
+        piece = img.piece
+        if piece.embd is not None:  # a pseudo image: its rows are given
+            img.encoded = Encoded(piece.embd, 0.0)
+            continue
+        if target.encoder is None:
+            raise ValueError("this model was loaded without an mmproj; it cannot read images (pass --mmproj)")
+        with progress(f"image {k}/{len(images)}: encoding {piece.n_tokens} tokens"):
+            img.encoded = target.encoder.encode(piece)
+        stats.encode_ms += img.encoded.encode_ms
+
+
+def _select(target: Target, prompt: Prompt, prune: PruneConfig, images: list[_Image], stats: PrefillStats) -> None:
+    from .selection import select_stage
+
+    stage = prune.pre_stage
+    t0 = time.perf_counter()
+    text_embd = None
+    if stage.strategy == "cdpruner":
+        if target.text_rows is None:
+            raise ValueError("cdpruner needs the model's token embeddings (text features); none were given")
+        text_embd = target.text_rows(prompt.instruction_tokens)  # (T, n_embd)
+    keeps = select_stage(stage, [img.encoded.embd for img in images], text_embd=text_embd)
+    for img, keep in zip(images, keeps, strict=True):
+        img.keep = None if len(keep) == img.piece.n_tokens else keep
+    stats.select_ms += (time.perf_counter() - t0) * 1e3
+    stats.kept = _decoded_indices(images)
+    stats.n_kept = len(stats.kept)
+
+
+def _decoded_indices(images: list[_Image]) -> list[int]:
+    """Indices, among all N image tokens, of the rows that enter the LLM, ascending."""
+    out = []
+    for img in images:
+        rows = np.arange(img.piece.n_tokens) if img.keep is None else img.keep
+        out.extend((img.offset + rows).tolist())
+    return out
+
+
+def _check_blocks(images: list[_Image], n_ubatch: int) -> None:
+    for img in images:
+        n = img.piece.n_tokens if img.keep is None else len(img.keep)
+        # a non-causal image block (Gemma 3) must fit one ubatch, else llama.cpp aborts
+        if img.piece.non_causal and n > n_ubatch:
+            raise ValueError(
+                f"{img.piece.name} decodes {n} tokens as one non-causal block but n_ubatch is {n_ubatch}; "
+                f"raise n_ubatch (-ub) to at least {n}"
+            )
+
+
+def _decode_pieces(target: Target, prompt: Prompt, images: list[_Image], n_past: int, logits_last: bool, stats):
+    by_piece = {id(img.piece): img for img in images}
+    with TokenBatch(target.n_batch, target.seq_id) as batch:
+        for i, piece in enumerate(prompt.pieces):
             t0 = time.perf_counter()
-            n_past = batch.decode(ctx, piece.tokens, n_past, logits_last and last)
+            if isinstance(piece, TextPiece):
+                last = i == len(prompt.pieces) - 1
+                n_past = batch.decode(target.ctx, piece.tokens, n_past, logits_last and last)
+            else:
+                n_past = _decode_image(target, by_piece[id(piece)], n_past, stats)
             stats.shallow_ms += (time.perf_counter() - t0) * 1e3
-        else:
-            i_image += 1
-            with progress(f"image {i_image}/{n_images}: encoding and decoding {piece.n_tokens} tokens"):
-                n_past = _decode_image(ctx, mtmd_ctx, piece, n_past, batch.n_batch, stats)
     return n_past
+
+
+def _decode_image(target: Target, img: _Image, n_past: int, stats: PrefillStats) -> int:
+    piece, embd, keep = img.piece, img.encoded.embd, img.keep
+    if keep is None and piece.chunk is not None:
+        _mtmd_decode(target, piece, embd, n_past)
+    else:
+        rows = embd if keep is None else embd[keep]  # (n_decoded, n_embd_inp)
+        positions = piece.positions(n_past)
+        positions = positions if keep is None else positions[:, keep]  # (n_pos_per_embd, n_decoded)
+        decode_rows(
+            target.ctx, rows, positions, non_causal=piece.non_causal, n_batch=target.n_batch, seq_id=target.seq_id
+        )
+    n_decoded = piece.n_tokens if keep is None else len(keep)
+    stats.images.append(ImageStats(piece.name, piece.n_tokens, piece.grid, n_decoded, img.encoded.encode_ms))
+    return n_past + piece.n_pos  # kept rows keep their positions: the text goes on after the whole image
+
+
+def _mtmd_decode(target: Target, piece: ImagePiece, embd: np.ndarray, n_past: int) -> None:
+    new_n_past = llama_cpp.llama_pos(n_past)
+    ptr = embd.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))  # (n_tokens, n_embd_inp)
+    rc = mtmd.mtmd_helper_decode_image_chunk(
+        target.mtmd_ctx,
+        target.ctx,
+        piece.chunk,
+        ptr,
+        n_past,
+        target.seq_id,
+        target.n_batch,
+        llama_cpp.ctypes.byref(new_n_past),
+        _NO_CALLBACK,
+        None,
+    )
+    if rc != 0:
+        raise NativeError("mtmd_helper_decode_image_chunk", rc, f"{piece.name}: decoding the image rows failed")
+
+
+def _begin(target: Target, layer: int) -> None:
+    try:
+        _native.begin(target.ctx, target.seq_id, layer)
+    except NativeError as e:
+        if e.code == Status.UNSUPPORTED:
+            raise UnsupportedModelError(
+                f"{e}: this model or context setting has no FastV support; use strategy 'none' (--strategy none)"
+            ) from e
+        raise
+
+
+def _finish(target: Target, prune: PruneConfig, budget: int, images: list[_Image], stats: PrefillStats) -> None:
+    decoded = _decoded_indices(images)  # the prunable rows C recorded, in prompt order
+    t0 = time.perf_counter()
+    if prune.strategy == "random":
+        keep = select_random(len(decoded), budget, prune.seed).tolist()
+        stats.select_ms += (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        _native.finish_with_keep(target.ctx, keep)
+    else:
+        _native.finish(target.ctx, budget)  # the top `budget` of layer K-1's attention
+    stats.deep_ms = (time.perf_counter() - t0) * 1e3
+    stats.kept = [decoded[i] for i in _native.get_kept(target.ctx)]
+    stats.n_kept = len(stats.kept)
+    if prune.strategy == "fastv":
+        stats.n_unranked = _warn_unranked(_native.get_scores(target.ctx), prune.layer)
 
 
 def _warn_unranked(scores: list[float], layer: int) -> int:
@@ -340,26 +309,6 @@ def _warn_unranked(scores: list[float], layer: int) -> int:
             f"its sliding window; FastV ranks them last in index order. Pick a K whose layer K-1 attends globally "
             f"(Gemma 3: K = 6, 12, ...; --layer) or shorten the text after the image",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     return n_zero
-
-
-def _begin(ctx, layer: int) -> None:
-    try:
-        _native.begin(ctx, 0, layer)
-    except NativeError as e:
-        if e.code == Status.UNSUPPORTED:
-            raise UnsupportedModelError(
-                f"{e}: this model or context setting has no FastV support; use strategy 'none' (--strategy none)"
-            ) from e
-        raise
-
-
-def _finish(ctx, prune: PruneConfig, budget: int) -> None:
-    if prune.strategy == "fastv":
-        _native.finish(ctx, budget)  # the top `budget` of layer K-1's attention
-        return
-    # random: scores exist only once every chunk is decoded
-    scores = _native.get_scores(ctx)  # (N,)
-    _native.finish_with_keep(ctx, make_pruner(prune)(scores).tolist())

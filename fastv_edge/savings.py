@@ -1,9 +1,10 @@
 """Measure what FastV saves in LLM prefill on this machine, next to the paper's FLOPs ratio.
 
-A prompt of text + a pseudo image (random embedding rows fed through the embedding path,
-like mtmd feeds projector output) + text is prefilled by stock llama.cpp and by FastV at
-K and several drop ratios, alternating in one process so that machine noise hits every
-configuration alike. Prints a table of medians and writes JSON.
+A prompt of text + a pseudo image (bench.workload.PseudoWorkload: rows at mtmd's positions and
+causal rule for the architecture) + text is prefilled by stock llama.cpp and by FastV at K and
+several drop ratios, alternating in one process so that machine noise hits every configuration
+alike, all through prefill.prefill (the orchestrator the API uses). Prints a table of medians and
+writes JSON. `fastv-edge bench` measures the same and more (TTFT, decode, memory, fidelity).
 
     python -m fastv_edge.savings --model SmolLM2.gguf --n-image 576 --reps 5 --out savings.json
 
@@ -13,19 +14,17 @@ The vision encoder is not involved: these are LLM-prefill numbers only.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+import llama_cpp
 
-from . import _native
+from .config import PruneConfig, RuntimeConfig
 from .flops import flops_ratio
-from .model import read_model_info
-from .pruning import n_keep_for_ratio
+from .model import load
 
 
 @dataclass
@@ -41,124 +40,13 @@ class Row:
     theory: float  # paper eq. 5
 
 
-class Runner:
-    """One model and context; decodes the pseudo-image prompt stock or pruned."""
-
-    def __init__(self, model_path: str, n_image: int, n_threads: int, seed: int = 0):
-        import llama_cpp
-
-        self.lc = llama_cpp
-        self.info = read_model_info(model_path)  # checked metadata; a clear error before llama.cpp sees it
-        llama_cpp.llama_backend_init()
-        mparams = llama_cpp.llama_model_default_params()
-        self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
-        if not self.model:
-            raise ValueError(f"llama.cpp could not load {model_path}")
-        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
-        self.n_layer = llama_cpp.llama_model_n_layer(self.model)
-        # M-RoPE (qwen2vl) embedding batches carry 4 position sections per row, as mtmd writes them
-        mrope = (llama_cpp.LLAMA_ROPE_TYPE_MROPE, llama_cpp.LLAMA_ROPE_TYPE_IMROPE)
-        self.n_pos = 4 if llama_cpp.llama_model_rope_type(self.model) in mrope else 1
-        # Gemma 3's image block is decoded non-causally, as mtmd does (mtmd_decode_use_non_causal)
-        self.non_causal_image = self.info.architecture == "gemma3"
-        vocab = llama_cpp.llama_model_get_vocab(self.model)
-        n_prompt = n_image + 64
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = max(512, n_prompt + 16)
-        params.n_threads = params.n_threads_batch = n_threads
-        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
-        if not self.ctx:
-            llama_cpp.llama_model_free(self.model)
-            raise ValueError(f"llama.cpp could not create a context for {model_path}")
-        rng = np.random.default_rng(seed)
-        self.image = (rng.standard_normal((n_image, self.n_embd)) * 0.05).astype(np.float32)  # (N, n_embd)
-        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-        self.pre = rng.integers(100, n_vocab, 24).tolist()  # arbitrary text ids: speed ignores meaning
-        self.post = rng.integers(100, n_vocab, 40).tolist()
-        self.n_tokens = len(self.pre) + n_image + len(self.post)
-
-    def close(self) -> None:
-        self.lc.llama_free(self.ctx)
-        self.lc.llama_model_free(self.model)
-
-    def _decode(self, n: int, p0: int, fill, embd: int, logits_last: bool) -> None:
-        lc = self.lc
-        batch = lc.llama_batch_init(n, embd, 1)
-        own_pos = ctypes.cast(batch.pos, ctypes.c_void_p).value  # llama_batch_free frees this one
-        try:
-            batch.n_tokens = n
-            fill(batch)
-            if embd and self.n_pos > 1:
-                # a square-ish image grid at p0: (t, y, x, z) section-major, like mtmd for Qwen2-VL
-                nx = int(np.ceil(np.sqrt(n)))
-                i = np.arange(n)
-                pos = np.stack([np.full(n, p0), p0 + i // nx, p0 + i % nx, np.zeros(n, int)]).astype(np.int32)
-                pos_buf = (self.lc.llama_pos * pos.size).from_buffer_copy(pos.tobytes())  # (4, n)
-                batch.pos = ctypes.cast(pos_buf, ctypes.POINTER(self.lc.llama_pos))
-            for i in range(n):
-                if not (embd and self.n_pos > 1):
-                    batch.pos[i] = p0 + i
-                batch.n_seq_id[i], batch.seq_id[i][0] = 1, 0
-                batch.logits[i] = logits_last and i == n - 1
-            rc = lc.llama_decode(self.ctx, batch)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode returned {rc}")
-        finally:
-            batch.pos = ctypes.cast(own_pos, ctypes.POINTER(self.lc.llama_pos))
-            lc.llama_batch_free(batch)
-
-    def _tokens(self, ids, p0, logits_last):
-        def fill(batch):
-            for i, t in enumerate(ids):
-                batch.token[i] = t
-
-        self._decode(len(ids), p0, fill, 0, logits_last)
-
-    def _prompt(self) -> None:
-        self._tokens(self.pre, 0, False)
-        if self.non_causal_image:
-            self.lc.llama_set_causal_attn(self.ctx, False)
-        try:
-            self._decode(
-                len(self.image),
-                len(self.pre),
-                lambda b: ctypes.memmove(b.embd, self.image.ctypes.data, self.image.nbytes),
-                self.n_embd,
-                False,
-            )
-        finally:
-            if self.non_causal_image:
-                self.lc.llama_set_causal_attn(self.ctx, True)
-        n_img = len(self.image)
-        nx = int(np.ceil(np.sqrt(n_img)))
-        # an M-RoPE image advances positions by its grid's longer side, 1-D positions by its length
-        advance = max(nx, -(-n_img // nx)) if self.n_pos > 1 else n_img
-        self._tokens(self.post, len(self.pre) + advance, True)
-
-    def stock(self) -> tuple[float, float]:
-        """(wall ms, process CPU ms) of a stock prefill."""
-        self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
-        t0, c0 = time.perf_counter(), time.process_time()
-        self._prompt()
-        self.lc.llama_synchronize(self.ctx)
-        return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
-
-    def fastv(self, k: int, drop_ratio: float) -> tuple[float, float, float, int]:
-        """(phase-1 wall ms, phase-2 wall ms, total process CPU ms, n_kept) of a FastV prefill."""
-        self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
-        t0, c0 = time.perf_counter(), time.process_time()
-        _native.begin(self.ctx, 0, k)
-        try:
-            self._prompt()
-            self.lc.llama_synchronize(self.ctx)
-            t1 = time.perf_counter()
-            _native.finish(self.ctx, n_keep_for_ratio(len(self.image), drop_ratio))
-        except BaseException:
-            _native.abort(self.ctx)
-            raise
-        self.lc.llama_synchronize(self.ctx)
-        t2, c2 = time.perf_counter(), time.process_time()
-        return (t1 - t0) * 1e3, (t2 - t1) * 1e3, (c2 - c0) * 1e3, len(_native.get_kept(self.ctx))
+def _timed(model, workload, prune: PruneConfig) -> tuple[float, float, float, int]:
+    """(phase-1 wall ms, phase-2 wall ms, process CPU ms, n_kept) of one prefill."""
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(model.ctx), True)
+    c0 = time.process_time()
+    _, stats = workload.prefill(prune)
+    llama_cpp.llama_synchronize(model.ctx)
+    return stats.shallow_ms, stats.deep_ms, (time.process_time() - c0) * 1e3, stats.n_kept
 
 
 def measure(
@@ -185,46 +73,47 @@ def measure(
     Returns:
         {"model", "n_layer", "n_embd", "n_ff", "n_tokens", "k", "n_threads", "reps", "rows": [Row...]}
     """
-    runner = Runner(model_path, n_image, n_threads)
-    try:
-        n_ff = n_ff or runner.info.n_ff
+    from .bench.workload import PseudoWorkload
+
+    n_ctx = max(512, n_image + 128)  # the whole prompt in one ubatch, as a non-causal image needs
+    runtime = RuntimeConfig(n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=n_threads)
+    with load(model_path, runtime=runtime, prune=PruneConfig(strategy="none")) as model:
+        info = model.info
+        n_ff = n_ff or info.n_ff
         if not n_ff:
             raise ValueError(f"{model_path} has no feed_forward_length key: pass n_ff for the FLOPs formula")
-        samples = {"stock": [], **{r: [] for r in drop_ratios}}
-        kept = {}
+        workload = PseudoWorkload(model, n_image, seed=0)
+        configs = {"stock": PruneConfig(strategy="none")}
+        configs.update({r: PruneConfig(layer=k, drop_ratio=r) for r in drop_ratios})
+        samples = {cfg: [] for cfg in configs}
         for rep in range(reps + 1):  # round 0 warms caches and allocators up
-            for cfg in ["stock", *drop_ratios]:
-                value = runner.stock() if cfg == "stock" else runner.fastv(k, cfg)
-                if cfg != "stock":
-                    kept[cfg] = value[3]
+            for cfg, prune in configs.items():
+                value = _timed(model, workload, prune)
                 if rep > 0:
                     samples[cfg].append(value)
-        stock_ms = statistics.median(s[0] for s in samples["stock"])
-        stock_cpu = statistics.median(s[1] for s in samples["stock"])
-        rows = []
-        for r in drop_ratios:
-            shallow = statistics.median(s[0] for s in samples[r])
-            deep = statistics.median(s[1] for s in samples[r])
-            cpu = statistics.median(s[2] for s in samples[r])
-            theory = flops_ratio(
-                runner.n_tokens, n_image, kept[r], n_layer=runner.n_layer, layer=k, n_embd=runner.n_embd, n_ff=n_ff
-            )
-            rows.append(
-                Row(r, n_image, kept[r], stock_ms, shallow, deep, (shallow + deep) / stock_ms, cpu / stock_cpu, theory)
-            )
-        return {
-            "model": Path(model_path).name,
-            "n_layer": runner.n_layer,
-            "n_embd": runner.n_embd,
-            "n_ff": n_ff,
-            "n_tokens": runner.n_tokens,
-            "k": k,
-            "n_threads": n_threads,
-            "reps": reps,
-            "rows": [asdict(row) for row in rows],
-        }
-    finally:
-        runner.close()
+    stock_ms = statistics.median(s[0] + s[1] for s in samples["stock"])
+    stock_cpu = statistics.median(s[2] for s in samples["stock"])
+    n_tokens = workload.n_prompt_tokens
+    rows = []
+    for r in drop_ratios:
+        shallow = statistics.median(s[0] for s in samples[r])
+        deep = statistics.median(s[1] for s in samples[r])
+        cpu = statistics.median(s[2] for s in samples[r])
+        kept = samples[r][-1][3]
+        theory = flops_ratio(n_tokens, n_image, kept, n_layer=info.n_layer, layer=k, n_embd=info.n_embd, n_ff=n_ff)
+        ratio = (shallow + deep) / stock_ms
+        rows.append(Row(r, n_image, kept, stock_ms, shallow, deep, ratio, cpu / stock_cpu, theory))
+    return {
+        "model": Path(model_path).name,
+        "n_layer": info.n_layer,
+        "n_embd": info.n_embd,
+        "n_ff": n_ff,
+        "n_tokens": n_tokens,
+        "k": k,
+        "n_threads": n_threads,
+        "reps": reps,
+        "rows": [asdict(row) for row in rows],
+    }
 
 
 def format_table(result: dict) -> str:

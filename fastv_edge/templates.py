@@ -1,7 +1,7 @@
-"""Model presets and chat templates, both kept as data files under models/.
+"""Model presets and chat templates: package data, read with importlib.resources.
 
-models/presets/<name>.toml  one preset per model: hf repo, file names, template name.
-models/templates/<name>.jinja  chat templates for GGUFs that carry none.
+fastv_edge/data/presets/<name>.toml     one preset per model: hf repo, file names, template name.
+fastv_edge/data/templates/<name>.jinja  chat templates for GGUFs that carry none.
 
 The template of a model is, in order: an explicit override, the GGUF's
 `tokenizer.chat_template`, the template of the preset whose file pattern matches the model's
@@ -13,7 +13,9 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import jinja2.ext
@@ -24,21 +26,19 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-# The source checkout keeps models/ next to the package; a wheel may ship it inside.
-_MODELS_DIRS = (Path(__file__).resolve().parent.parent / "models", Path(__file__).resolve().parent / "models")
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 
-def models_dir() -> Path:
-    """The directory holding presets/ and templates/."""
-    for candidate in _MODELS_DIRS:
-        if (candidate / "presets").is_dir():
-            return candidate
-    raise FileNotFoundError(f"no models/presets directory in {[str(d) for d in _MODELS_DIRS]}")
+def _data(kind: str, suffix: str) -> dict[str, Traversable]:
+    """name -> file of fastv_edge/data/<kind>/*<suffix> (works from a wheel, a zip or a checkout)."""
+    folder = resources.files("fastv_edge") / "data" / kind
+    return {f.name.removesuffix(suffix): f for f in folder.iterdir() if f.name.endswith(suffix)}
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One model preset (a models/presets/*.toml file)."""
+    """One model preset (a fastv_edge/data/presets/*.toml file)."""
 
     name: str
     description: str
@@ -56,15 +56,15 @@ class Preset:
         return name == self.model_file.lower() or any(fnmatch.fnmatch(name, p.lower()) for p in self.match)
 
 
-def _read_preset(path: Path) -> Preset:
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
+def _read_preset(file: Traversable) -> Preset:
+    data = tomllib.loads(file.read_text(encoding="utf-8"))
     data["match"] = tuple(data.get("match", ()))
     return Preset(**data)
 
 
 def list_presets() -> list[Preset]:
     """All presets, sorted by name."""
-    return sorted((_read_preset(p) for p in (models_dir() / "presets").glob("*.toml")), key=lambda p: p.name)
+    return sorted((_read_preset(f) for f in _data("presets", ".toml").values()), key=lambda p: p.name)
 
 
 def get_preset(name: str) -> Preset:
@@ -88,8 +88,13 @@ def find_preset(model_path: str | os.PathLike) -> Preset | None:
     return None
 
 
+def template_names() -> list[str]:
+    """Names of the chat templates shipped with the package."""
+    return sorted(_data("templates", ".jinja"))
+
+
 def load_template(name_or_path: str) -> str:
-    """Template source from a name in models/templates/ or a path to a .jinja file.
+    """Template source from a shipped template name or a path to a .jinja file.
 
     Raises:
         ValueError: neither a known template name nor an existing file.
@@ -97,11 +102,10 @@ def load_template(name_or_path: str) -> str:
     path = Path(name_or_path)
     if path.suffix == ".jinja" and path.is_file():
         return path.read_text(encoding="utf-8")
-    named = models_dir() / "templates" / f"{name_or_path}.jinja"
-    if named.is_file():
+    named = _data("templates", ".jinja").get(name_or_path)
+    if named is not None:
         return named.read_text(encoding="utf-8")
-    known = sorted(p.stem for p in (models_dir() / "templates").glob("*.jinja"))
-    raise ValueError(f"unknown chat template {name_or_path!r}; use a .jinja file or one of {known}")
+    raise ValueError(f"unknown chat template {name_or_path!r}; use a .jinja file or one of {template_names()}")
 
 
 def resolve_template(

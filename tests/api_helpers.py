@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from fastv_edge.native_build import install_command
+
 
 def _has_fastv() -> bool:
     try:
@@ -18,8 +20,7 @@ def _has_fastv() -> bool:
 
 needs_fastv = pytest.mark.skipif(
     not _has_fastv(),
-    reason="the loaded libllama has no llama_fastv_* symbols (stock build); "
-    "rebuild the patched one: python fastv_edge/native_build.py install",
+    reason=f"the loaded libllama has no llama_fastv_* symbols (stock build); rebuild it: {install_command()}",
 )
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny generated models, the real SmolLM2 file, and the native skip.
+"""Shared fixtures: tiny generated models, the real SmolLM2 file, photos, the loaded tiny
+model, the CLI's fake backend and environment, and the native skip.
 
 Tests marked @pytest.mark.native need llama-cpp-python backed by the patched library;
 they are skipped, with the reason and the fix, when `import llama_cpp` fails.
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from fastv_edge.native_build import install_command
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -38,9 +41,7 @@ def pytest_collection_modifyitems(config, items):
         return
     if os.environ.get("FASTV_EDGE_REQUIRE_NATIVE") == "1":  # CI: a missing library is a failure
         raise pytest.UsageError(f"FASTV_EDGE_REQUIRE_NATIVE=1 but llama_cpp is not importable: {error}")
-    skip = pytest.mark.skip(
-        reason=f"llama_cpp not importable ({error}); build it: python fastv_edge/native_build.py install"
-    )
+    skip = pytest.mark.skip(reason=f"llama_cpp not importable ({error}); build it: {install_command()}")
     for item in native:
         item.add_marker(skip)
 
@@ -101,3 +102,78 @@ def llama_driver():
     yield factory
     for driver in drivers:
         driver.close()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """Real photos from scikit-image's wheel: astronaut (PNG), chelsea (JPEG), coffee (PNG)."""
+    from PIL import Image
+    from skimage import data
+
+    out = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name, ext in (("astronaut", "png"), ("chelsea", "jpg"), ("coffee", "png")):
+        paths[name] = out / f"{name}.{ext}"
+        Image.fromarray(getattr(data, name)()).save(paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny):
+    """The tiny F32 pair loaded once per module (n_ctx 1024, 1 thread)."""
+    from fastv_edge import RuntimeConfig, load
+
+    with load(tiny.llama_path, tiny.mmproj_path, runtime=RuntimeConfig(n_ctx=1024, n_threads=1)) as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
+def smollm2_mmproj(smollm2_path, tiny_dir) -> Path:
+    """A random tiny CLIP + MLP projector whose output width is SmolLM2-135M's n_embd (576).
+
+    Pairs the real quantized 30-layer text model with mtmd, so FastV runs on real LM weights.
+    """
+    from fastv_edge.testing.make_tiny import random_clip_weights
+    from fastv_edge.testing.mmproj import ClipHParams, write_mmproj_gguf
+
+    path = tiny_dir / "smollm2-mmproj-D576-f32-s0.gguf"
+    if not path.is_file():
+        hp = ClipHParams(projection_dim=576)
+        write_mmproj_gguf(path, hp, random_clip_weights(hp, 0), "f32")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cli_env() -> dict[str, str]:
+    """Environment for `python -m fastv_edge` subprocesses: the repo first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+@pytest.fixture
+def fake_backend():
+    """The CLI's fake backend (tests/fake_model.py): canned answer, recorded calls, no llama.cpp."""
+    from fake_model import FakeBackend
+
+    return FakeBackend()
+
+
+@pytest.fixture
+def cli(fake_backend, capsys, monkeypatch):
+    """cli(*args, stdin=None, backend=None) -> (exit code, stdout, stderr) of fastv-edge run
+    in-process on the fake backend (or the one given)."""
+    import io
+
+    from fastv_edge.cli import main
+
+    def run(*args, stdin: str | None = None, backend=None):
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()  # drop what earlier calls printed
+        code = main([str(a) for a in args], backend=backend or fake_backend)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -26,13 +26,27 @@ def run_stock(drv, segments, tokens):
     return np.array(continue_decoding(drv, tokens))
 
 
+def budget(n_image: int, drop_ratio: float) -> int:
+    """floor(N * (1 - R)) as fastv_edge.pruning computes it (R in float32); R = 1 keeps nothing."""
+    from fastv_edge.pruning import n_keep_for_ratio
+
+    return 0 if drop_ratio == 1.0 else n_keep_for_ratio(n_image, drop_ratio)
+
+
+def finish_by_ratio(native, ctx, drop_ratio: float) -> int:
+    """The raw llama_fastv_finish() with the budget of R for the N image tokens decoded; returns its status."""
+    n_image = native.llama_fastv_get_scores(ctx, None, 0)
+    assert n_image >= 0, f"llama_fastv_get_scores returned {n_image}"
+    return native.llama_fastv_finish(ctx, budget(n_image, drop_ratio))
+
+
 def run_fastv(native, drv, segments, tokens, k, drop_ratio=0.0, keep=None):
     drv.clear()
-    # the raw C calls: C's own ranking and floor(N * (1 - R)) are what these tests check
-    assert native.llama_fastv_begin(drv.ctx, 0, k, drop_ratio) == 0
+    # the raw C calls: C's own ranking of the top floor(N * (1 - R)) is what these tests check
+    assert native.llama_fastv_begin(drv.ctx, 0, k) == 0
     drv.decode_segments(segments)
     if keep is None:
-        assert native.llama_fastv_finish(drv.ctx) == 0
+        assert finish_by_ratio(native, drv.ctx, drop_ratio) == 0
     else:
         native.finish_with_keep(drv.ctx, keep)
     scores = np.array(native.get_scores(drv.ctx))

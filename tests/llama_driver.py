@@ -40,6 +40,7 @@ class LlamaDriver:
         n_seq_max: number of sequences the context holds.
         kv_unified: one KV buffer shared by all sequences (else one stream per sequence).
         swa_full: full-size sliding-window cache (the default); False keeps only the window.
+        no_perf: skip llama.cpp's performance counters (llama_perf_context).
     """
 
     def __init__(
@@ -50,10 +51,11 @@ class LlamaDriver:
         n_ubatch: int = 512,
         flash_attn: bool = False,
         kv_type: int = GGML_TYPE_F32,
-        n_threads: int = 2,
+        n_threads: int = 1,
         n_seq_max: int = 1,
         kv_unified: bool = False,
         swa_full: bool = True,
+        no_perf: bool = True,
     ):
         mparams = llama_cpp.llama_model_default_params()
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
@@ -64,6 +66,7 @@ class LlamaDriver:
         cparams.n_seq_max = n_seq_max
         cparams.kv_unified = kv_unified
         cparams.swa_full = swa_full
+        cparams.no_perf = no_perf
         cparams.n_threads = cparams.n_threads_batch = n_threads
         cparams.type_k = cparams.type_v = kv_type
         cparams.flash_attn_type = (
@@ -134,6 +137,26 @@ class LlamaDriver:
             finally:
                 batch.pos = ctypes.cast(own_pos, ctypes.POINTER(llama_cpp.llama_pos))  # llama_batch_free frees it
                 llama_cpp.llama_batch_free(batch)
+
+    def try_decode(self, tokens, seq_id: int = 0, pos0: int | None = None, logits_last: bool = True) -> int:
+        """One llama_decode of token ids at pos0, pos0+1, ... (default n_past); returns its code, never raises.
+
+        For callers that ignore errors: n_past moves only when seq_id is 0 and the decode succeeded."""
+        tokens = [int(t) for t in tokens]
+        pos0 = self.n_past if pos0 is None else pos0
+        batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+        try:
+            batch.n_tokens = len(tokens)
+            for j, t in enumerate(tokens):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j] = t, pos0 + j, 1
+                batch.seq_id[j][0] = seq_id
+                batch.logits[j] = logits_last and j == len(tokens) - 1
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        if rc == 0 and seq_id == 0:
+            self.n_past = pos0 + len(tokens)
+        return rc
 
     def decode_tokens(self, tokens, logits_last: bool = True) -> None:
         """Decode token ids at the next positions; logits for the last one if asked."""
@@ -266,7 +289,7 @@ class MtmdSession:
         n_threads: CPU threads for the vision encoder.
     """
 
-    def __init__(self, driver: LlamaDriver, mmproj_path: str | Path, n_threads: int = 2):
+    def __init__(self, driver: LlamaDriver, mmproj_path: str | Path, n_threads: int = 1):
         import llama_cpp.mtmd_cpp as mtmd
 
         self.mtmd = mtmd

@@ -172,9 +172,9 @@ class _ArchRef:
                 rows.append(self._token_rows(ids))
             elif kind == "embd":
                 embd = np.asarray(data, dtype=np.float64)
-                if embd.ndim != 2 or embd.shape[1] != self.n_embd:
-                    raise ValueError(f"embd rows must be (n, {self.n_embd}), got {embd.shape}")
-                rows.append(embd)  # embedding input is never rescaled
+                if embd.ndim != 2 or embd.shape[1] != self.n_embd_inp:
+                    raise ValueError(f"embd rows must be (n, {self.n_embd_inp}), got {embd.shape}")
+                rows.append(self._embd_rows(embd))  # embedding input is never rescaled
             else:
                 raise ValueError(f"segment kind must be 'tokens' or 'embd', got {kind!r}")
             metas.append(self._segment_meta(len(rows[-1]), kind, opts))
@@ -184,6 +184,15 @@ class _ArchRef:
 
     def _token_rows(self, ids: np.ndarray) -> np.ndarray:
         return self.w["token_embd.weight"][ids]
+
+    @property
+    def n_embd_inp(self) -> int:
+        """Width of an embedding row the model takes (llama_model_n_embd_inp)."""
+        return self.n_embd
+
+    def _embd_rows(self, embd: np.ndarray) -> np.ndarray:
+        """The rows the layers carry for embedding input (subclasses may append per-row data)."""
+        return embd
 
     def _visible(self, il: int, q: dict, k: dict) -> np.ndarray:
         """(n_q, n_cache) bool: which cached cells each query row attends to."""

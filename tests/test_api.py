@@ -13,7 +13,6 @@ from fastv_edge.flops import flops_ratio
 from fastv_edge.pruning import n_keep_for_ratio, select_random, select_top_k
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos, tiny_model, cli_env
 QUESTION = "What is in the image?"
 
 
@@ -28,7 +27,7 @@ def stock_answer(tiny, image_path, max_tokens=8) -> str:
             return [dict(m, content="".join(p["text"] for p in m["content"])) for m in out]
 
     handler = JoinedContent(clip_model_path=str(tiny.mmproj_path), verbose=False)
-    llm = Llama(str(tiny.llama_path), n_ctx=1024, n_threads=2, chat_handler=handler, verbose=False)
+    llm = Llama(str(tiny.llama_path), n_ctx=1024, n_threads=1, n_threads_batch=1, chat_handler=handler, verbose=False)
     try:
         msg = {
             "role": "user",
@@ -126,7 +125,7 @@ def test_quantized_weights(tiny_q8, photos):
     """Q8_0 matrices: R=0 still equals stock and the kept set still follows C's scores."""
     from fastv_edge import _native
 
-    with fe.load(tiny_q8.llama_path, tiny_q8.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=512, n_threads=2)) as model:
+    with fe.load(tiny_q8.llama_path, tiny_q8.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=512, n_threads=1)) as model:
         stock = [r.token for r in answer(model, photos["chelsea"], prune=fe.PruneConfig(strategy="none"))[1]]
         assert [r.token for r in answer(model, photos["chelsea"], prune=fe.PruneConfig(drop_ratio=0.0))[1]] == stock
         answer(model, photos["chelsea"], prune=fe.PruneConfig(drop_ratio=0.5))
@@ -154,21 +153,28 @@ def test_generate_joins_the_stream(tiny_model, photos):
     assert text == "".join(r.text for r in fe.stream_generate(tiny_model, QUESTION, [photos["chelsea"]], **kwargs))
 
 
-def test_seeded_sampling_is_reproducible(tiny_model, photos):
-    sampling = fe.SamplingConfig(temp=1.0, seed=5)
+def test_threads_bind_decode_and_prompt(tiny_model):
+    import llama_cpp
 
-    def run():
+    assert tiny_model.runtime.n_threads == 1
+    assert (llama_cpp.llama_n_threads(tiny_model.ctx), llama_cpp.llama_n_threads_batch(tiny_model.ctx)) == (1, 1)
+
+
+def test_seeded_sampling_is_reproducible(tiny_model, photos):
+    def run(seed):
         responses = fe.stream_generate(
             tiny_model,
             QUESTION,
             [photos["coffee"]],
             max_tokens=6,
-            sampling=sampling,
+            sampling=fe.SamplingConfig(temp=1.0, seed=seed),
             prune=fe.PruneConfig(strategy="none"),
         )
         return [r.token for r in responses]
 
-    assert run() == run()
+    first = run(5)
+    assert run(5) == first
+    assert run(6) != first  # the seed is used: temp=1 really samples
 
 
 def test_images_from_bytes_and_data_uri(tiny_model, photos):
@@ -183,12 +189,13 @@ def test_images_from_bytes_and_data_uri(tiny_model, photos):
 
 
 @needs_fastv
+@pytest.mark.slow
 def test_smollm2_with_a_projector(smollm2_path, smollm2_mmproj, photos):
     """Real 30-layer Q4_1 weights: R=0 equals stock, R=0.5 keeps C's top half, chat reuses it."""
     from fastv_edge import _native
     from fastv_edge.chat import ChatSession
 
-    runtime = fe.RuntimeConfig(n_ctx=512, n_threads=2)
+    runtime = fe.RuntimeConfig(n_ctx=512, n_threads=1)
     with fe.load(smollm2_path, smollm2_mmproj, runtime=runtime, prune=fe.PruneConfig(layer=8)) as model:
         stock = [r.token for r in answer(model, photos["astronaut"], prune=fe.PruneConfig(strategy="none"))[1]]
         r0 = answer(model, photos["astronaut"], prune=fe.PruneConfig(layer=8, drop_ratio=0.0))[1]
@@ -197,21 +204,40 @@ def test_smollm2_with_a_projector(smollm2_path, smollm2_mmproj, photos):
         assert pruned.n_kept == 32
         assert _native.get_kept(model.ctx) == select_top_k(_native.get_scores(model.ctx), 32).tolist()
         session = ChatSession(model, max_tokens=3)
-        session.ask("Describe it.", [photos["astronaut"]])
-        assert session.ask("Shorter?") is not None and _native.n_hidden(model.ctx) == 32
+        first = list(session.send("Describe it.", [photos["astronaut"]]))[-1]
+        second = list(session.send("Shorter?"))[-1]
+        assert (first.n_image_tokens, first.n_kept) == (64, 32)
+        assert second.n_image_tokens == 0 and second.prompt_tokens < first.prompt_tokens - 64  # only the new turn
+        assert _native.n_hidden(model.ctx) == 32  # the first image's dropped cells stay hidden
 
 
+@pytest.mark.slow
 def test_smollm2_text_only_matches_llama_cpp_python(smollm2_path):
     from llama_cpp import Llama
 
     prompt = "The capital of France is"
-    with fe.load(smollm2_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=2)) as model:
+    with fe.load(smollm2_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=1)) as model:
         # default PruneConfig: with no image in the prompt the stock path runs
         ours = fe.generate(model, prompt, max_tokens=6, apply_template=False)
-    llm = Llama(str(smollm2_path), n_ctx=256, n_threads=2, verbose=False)
+    llm = Llama(str(smollm2_path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         ref = llm.create_completion(prompt, max_tokens=6, temperature=0.0, repeat_penalty=1.0)["choices"][0]["text"]
     finally:
         llm.close()
     assert ours == ref
     assert "Paris" in ours
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2vl", "gemma3"])
+def test_load_reads_the_same_metadata_as_the_full_reader(tiny, tiny_dir, arch):
+    """load() checks only the leading keys itself and takes the rest from llama.cpp's metadata."""
+    from fastv_edge.model import read_model_info
+    from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3, make_tiny_qwen2vl
+
+    path = {"llama": lambda: tiny.llama_path, "qwen2vl": lambda: make_tiny_qwen2vl(tiny_dir).path}
+    path["gemma3"] = lambda: make_tiny_gemma3(tiny_dir).path
+    model_path = path[arch]()
+    none = fe.PruneConfig(strategy="none")
+    with fe.load(model_path, runtime=fe.RuntimeConfig(n_ctx=256, n_threads=1), prune=none) as model:
+        assert model.info == read_model_info(model_path)
+        assert model.info.architecture == arch and model.info.chat_template

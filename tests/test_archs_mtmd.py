@@ -13,13 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
-from fastv_helpers import continue_decoding, cut_gap, forced_tokens, run_ref
+from fastv_helpers import continue_decoding, cut_gap, finish_by_ratio, forced_tokens, run_ref
 from PIL import Image
 
 import fastv_edge as fe
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos
 TEXT, IMAGE = 0, 1  # mtmd_input_chunk_type
 PHOTO_SIZE = (128, 80)  # qwen2vl: patch 8, merge 2 -> an 8 x 5 grid; gemma3 resizes to 96 x 96
 PROMPT = "<|im_start|>user\nLook:{marker}\nWhat is in it?<|im_end|>\n<|im_start|>assistant\n"
@@ -34,7 +33,7 @@ def native():
     return _native
 
 
-@pytest.fixture(scope="module", params=["qwen2vl", "gemma3"])
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) for n in ("qwen2vl", "gemma3")])
 def pair(request, tiny_dir):
     """Tiny text model + a projector of its family (output std like test_fastv_archs' rows)."""
     from reference_archs import RefGemma3, RefQwen2VL
@@ -80,13 +79,13 @@ def mtmd_prefill(session, native=None, k=2, drop_ratio=0.0):
     if native is None:
         session.eval()
         return
-    assert native.llama_fastv_begin(session.driver.ctx, 0, k, drop_ratio) == 0  # C's own ranking
+    assert native.llama_fastv_begin(session.driver.ctx, 0, k) == 0  # C's own ranking
     try:
         session.eval()
     except BaseException:
         native.abort(session.driver.ctx)
         raise
-    assert native.llama_fastv_finish(session.driver.ctx) == 0
+    assert finish_by_ratio(native, session.driver.ctx, drop_ratio) == 0
 
 
 def reference_segments(session, chunks, name):
@@ -167,7 +166,7 @@ def test_python_api_with_the_family_template(pair, photos):
     from fastv_edge import _native
     from fastv_edge.pruning import select_top_k
 
-    runtime = fe.RuntimeConfig(n_ctx=2048, n_threads=2)
+    runtime = fe.RuntimeConfig(n_ctx=2048, n_threads=1)
     with fe.load(pair["lm"], pair["mmproj"], runtime=runtime, template=pair["template"]) as model:
 
         def run(prune):
@@ -217,7 +216,7 @@ def test_gemma3_warns_when_layer_k_minus_1_cannot_see_every_image_token(tiny_dir
     lm = make_tiny_gemma3(tiny_dir)
     mmproj, hp = make_tiny_vision_mmproj(tiny_dir, "gemma3", lm.hparams.n_embd, out_std=2.5)
     question = "Please describe the picture in detail, every object and every colour in it."
-    with fe.load(lm.path, mmproj, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=2)) as model:
+    with fe.load(lm.path, mmproj, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=1)) as model:
         with pytest.warns(RuntimeWarning, match="outside its sliding window"):
             out = list(
                 fe.stream_generate(

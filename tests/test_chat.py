@@ -7,7 +7,6 @@ import fastv_edge as fe
 from fastv_edge.chat import ChatSession
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos, tiny_model, cli_env
 
 
 def turn(session, text, images=(), max_tokens=4):
@@ -63,8 +62,9 @@ def test_reset_starts_over(tiny_model, photos):
     assert again == first
 
 
+@pytest.mark.slow
 def test_overflow_is_refused_before_decoding(tiny, photos):
-    with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=160, n_threads=2)) as model:
+    with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=160, n_threads=1)) as model:
         session = ChatSession(model, prune=fe.PruneConfig(strategy="none"))
         turn(session, "Describe this.", [photos["astronaut"]])
         used, history = session.n_used, list(session.messages)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastv_helpers import continue_decoding, cut_gap, forced_tokens, run_fastv, run_ref, run_stock
+from fastv_helpers import continue_decoding, cut_gap, finish_by_ratio, forced_tokens, run_fastv, run_ref, run_stock
 
 pytestmark = pytest.mark.native
 
@@ -107,6 +107,7 @@ def test_finish_with_keep_matches_reference(tiny, ref, native, driver_cls):
     assert np.abs(got - want).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_chunking_invariance(tiny, ref, native, driver_cls):
     results = []
     for n_ubatch, n_batch in [(512, 512), (17, 512), (8, 512), (8, 16)]:  # (8, 16): the image spans 3 calls
@@ -203,9 +204,9 @@ def test_second_image_appended_to_pruned_history(tiny, ref, native, driver_cls):
         seg2 = make_prompt(drv, ref, seed=8, n_img=24)
         tokens = forced_tokens(drv)
         first, _, kept1 = run_fastv(native, drv, seg1, tokens[:2], 2, 0.5)
-        assert native.llama_fastv_begin(drv.ctx, 0, 2, 0.75) == 0
+        assert native.llama_fastv_begin(drv.ctx, 0, 2) == 0
         drv.decode_segments(seg2)
-        assert native.llama_fastv_finish(drv.ctx) == 0
+        assert finish_by_ratio(native, drv.ctx, 0.75) == 0
         kept2 = native.get_kept(drv.ctx)
         got = np.array(continue_decoding(drv, tokens[2:]))
         assert native.n_hidden(drv.ctx) == (N_IMG - len(kept1)) + (24 - len(kept2))
@@ -244,6 +245,7 @@ def test_hide_on_its_own_matches_reference(tiny, ref, native, driver_cls):
     assert np.abs(np.array(got) - np.array(want)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_smollm2_pseudo_image(smollm2_path, native, driver_cls):
     """Real Q4_1 weights, a 576-row pseudo image through the embedding path."""
     with driver_cls(smollm2_path, n_ctx=1024, n_batch=1024) as drv:

@@ -12,7 +12,7 @@ import pytest
 
 from fastv_edge.pruning import n_keep_for_ratio
 
-pytestmark = pytest.mark.native
+pytestmark = [pytest.mark.native, pytest.mark.slow]  # a real 270M model
 
 N_IMAGE = 256  # Gemma 3's mm_tokens_per_image
 HEAD = "<start_of_turn>user\nLook at this picture:\n"

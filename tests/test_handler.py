@@ -9,14 +9,13 @@ from api_helpers import needs_fastv
 import fastv_edge as fe
 
 pytestmark = pytest.mark.native
-pytest_plugins = ("fixtures_api",)  # photos, tiny_model, cli_env
 
 
 @pytest.fixture(scope="module")
 def llm(tiny):
     from llama_cpp import Llama
 
-    llm = Llama(str(tiny.llama_path), n_ctx=1024, n_threads=2, verbose=False)
+    llm = Llama(str(tiny.llama_path), n_ctx=1024, n_threads=1, n_threads_batch=1, verbose=False)
     yield llm
     llm.close()
 
@@ -92,13 +91,14 @@ def test_pruned_answer_equals_the_python_api(llm, tiny, photos):
     text = content(ask(llm, h, photos["coffee"].as_uri()))
     assert h.last_stats.n_kept == 32 and h.last_stats.n_image_tokens == 64
     assert h.last_stats.kept == select_top_k(_native.get_scores(llm._ctx.ctx), 32).tolist()
-    with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=2)) as model:
+    with fe.load(tiny.llama_path, tiny.mmproj_path, runtime=fe.RuntimeConfig(n_ctx=1024, n_threads=1)) as model:
         api = fe.generate(
             model, "What is in the image?", [photos["coffee"]], max_tokens=6, prune=fe.PruneConfig(drop_ratio=0.5)
         )
     assert text == api
 
 
+@pytest.mark.slow
 def test_image_sources_agree(llm, tiny, photos):
     h = handler(tiny, strategy="none")
     path = photos["astronaut"]
@@ -131,7 +131,7 @@ def test_llama_is_left_ready_to_sample(llm, tiny, photos):
 def test_logits_all_is_refused(tiny, photos):
     from llama_cpp import Llama
 
-    llm = Llama(str(tiny.llama_path), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    llm = Llama(str(tiny.llama_path), n_ctx=256, n_threads=1, n_threads_batch=1, logits_all=True, verbose=False)
     try:
         with pytest.raises(ValueError, match="logits_all"):
             ask(llm, handler(tiny), photos["coffee"].as_uri())

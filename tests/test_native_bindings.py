@@ -25,7 +25,7 @@ def test_stubs_raise_on_a_stock_library(monkeypatch):
     stock = importlib.reload(_native)
     try:
         assert not stock.HAS_FASTV
-        with pytest.raises(PatchMissingError, match="llama_fastv_begin.*native_build.py install"):
+        with pytest.raises(PatchMissingError, match="llama_fastv_begin.*-m fastv_edge.native_build install"):
             stock.begin(None, 0, 2)
         for name in stock.SYMBOLS:
             with pytest.raises(PatchMissingError, match=name):
@@ -38,7 +38,8 @@ def test_stubs_raise_on_a_stock_library(monkeypatch):
 
 def _arity(name: str) -> int:
     return {
-        "llama_fastv_begin": 4,
+        "llama_fastv_begin": 3,
+        "llama_fastv_finish": 2,
         "llama_fastv_finish_with_keep": 3,
         "llama_fastv_get_scores": 3,
         "llama_fastv_get_kept": 3,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -63,8 +64,13 @@ def _key(patches: Path, cmakelists: Path, flags=("AVX", "AVX2"), cmake_args: str
     return nb.cache_key(nb.key_components(nb.patch_files(patches), cmakelists, flags, cmake_args))
 
 
-def test_cache_key_is_deterministic(inputs):
-    assert _key(*inputs) == _key(*inputs)
+def test_cache_key_depends_on_content_not_location(inputs, tmp_path):
+    """A wheel's copies of the patches and CMakeLists.txt must give a clone's key."""
+    patches, cmakelists = inputs
+    elsewhere = tmp_path / "site-packages" / "fastv_edge" / "native_src"
+    shutil.copytree(patches, elsewhere / "patches")
+    shutil.copyfile(cmakelists, elsewhere / "CMakeLists.txt")
+    assert _key(elsewhere / "patches", elsewhere / "CMakeLists.txt") == _key(*inputs)
     assert len(_key(*inputs)) == 16
 
 
@@ -168,10 +174,35 @@ def test_build_script_runs_with_stdlib_only():
     assert json.loads(proc.stdout)["key"] == nb.cache_key(nb.current_components())
 
 
+def test_a_wheel_layout_builds_with_the_same_key(tmp_path):
+    """An installed package carries patches/ and CMakeLists.txt in fastv_edge/native_src (setup.py)."""
+    package = tmp_path / "site-packages" / "fastv_edge"
+    (package / "native_src").mkdir(parents=True)
+    shutil.copyfile(REPO_ROOT / "fastv_edge" / "native_build.py", package / "native_build.py")
+    shutil.copytree(REPO_ROOT / "patches", package / "native_src" / "patches")
+    shutil.copyfile(REPO_ROOT / "CMakeLists.txt", package / "native_src" / "CMakeLists.txt")
+    proc = subprocess.run(
+        [sys.executable, "-S", str(package / "native_build.py"), "key"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(proc.stdout)["key"] == nb.cache_key(nb.current_components())
+    shutil.rmtree(package / "native_src")
+    proc = subprocess.run(
+        [sys.executable, "-S", str(package / "native_build.py"), "key"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "no patches/ and CMakeLists.txt in" in proc.stderr
+
+
+def test_install_command_runs_this_interpreter(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: sys.executable)  # an activated environment
+    assert nb.install_command() == "python -m fastv_edge.native_build install"
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no `python` on PATH, or another one
+    assert nb.install_command() == f"{shlex.quote(sys.executable)} -m fastv_edge.native_build install"
+
+
 def test_patches_apply_to_pinned_source(tmp_path):
     tarball = nb.cached_sdist()
     if tarball is None:
-        pytest.skip("pinned sdist not in the cache yet; python fastv_edge/native_build.py install")
+        pytest.skip(f"pinned sdist not in the cache yet; {nb.install_command()}")
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     patches = nb.patch_files()
@@ -181,7 +212,7 @@ def test_patches_apply_to_pinned_source(tmp_path):
 def test_native_info_reports_a_missing_library(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
     info = native_info()
-    assert "native_build.py install" in info["error"]
+    assert info["error"].endswith(nb.install_command())
     assert info["pinned_version"] == nb.LLAMA_CPP_PYTHON_VERSION
     assert not info["has_fastv"] and info["lib_path"] is None
     assert native_info_main([]) == 1
@@ -196,7 +227,7 @@ def info():
     try:
         import llama_cpp  # noqa: F401
     except Exception as e:
-        msg = f"llama_cpp not importable ({e}); run: python fastv_edge/native_build.py install"
+        msg = f"llama_cpp not importable ({e}); run: {nb.install_command()}"
         if os.environ.get("FASTV_EDGE_REQUIRE_NATIVE") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
@@ -208,8 +239,7 @@ def built_info(info):
     if os.environ.get("LLAMA_CPP_LIB_PATH"):
         pytest.skip("LLAMA_CPP_LIB_PATH overrides the installed library; no build stamp to check")
     assert info["build"], (
-        f"{info['lib_path']} was not built by native_build.py (no build stamp); "
-        "run: python fastv_edge/native_build.py install"
+        f"{info['lib_path']} was not built by native_build.py (no build stamp); run: {nb.install_command()}"
     )
     return info
 
@@ -219,7 +249,7 @@ def test_loaded_library_exports_fastv_symbols(info):
     missing = [name for name in FASTV_SYMBOLS if not info["fastv_symbols"][name]]
     assert not missing, (
         f"{info['lib_path']} lacks {missing}: patches/ has no FastV patch yet, or the installed "
-        "wheel is stale; run: python fastv_edge/native_build.py install"
+        f"wheel is stale; run: {nb.install_command()}"
     )
     assert info["has_fastv"]
 
@@ -242,5 +272,5 @@ def test_installed_build_matches_checkout(built_info):
     expected = nb.cache_key(nb.current_components())
     assert built_info["build"]["build_key"] == expected, (
         "the installed llama-cpp-python was built from other patches, CMakeLists.txt or flags; "
-        "run: python fastv_edge/native_build.py install"
+        f"run: {nb.install_command()}"
     )

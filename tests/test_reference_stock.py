@@ -40,8 +40,8 @@ def _compare(ref: Ref, driver, segments, forced: list[int], atol: float) -> None
     "n_head_kv",
     [
         2,  # GQA: 4 query heads share 2 KV heads (the default tiny model)
-        4,  # plain multi-head attention
-        1,  # MQA: every query head reads one KV head
+        pytest.param(4, marks=pytest.mark.slow),  # plain multi-head attention
+        pytest.param(1, marks=pytest.mark.slow),  # MQA: every query head reads one KV head
     ],
 )
 def test_reference_matches_stock(make_tiny_models, llama_driver, n_head_kv):
@@ -61,6 +61,7 @@ def test_reference_matches_stock_across_ubatches(tiny, llama_driver):
 
 
 @pytest.mark.native
+@pytest.mark.slow
 def test_reference_tracks_f16_weights(make_tiny_models, llama_driver):
     # llama.cpp rounds activations to F16 for F16 matmuls: close, not exact
     models = make_tiny_models("f16")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.native
+pytestmark = [pytest.mark.native, pytest.mark.slow]
 
 
 def test_savings_script_reports_consistent_rows(tiny, tmp_path):
@@ -62,15 +62,13 @@ def test_savings_script_on_an_mrope_model(tiny_dir, tmp_path):
 
 def test_savings_script_on_gemma3_decodes_the_image_non_causally(tiny_dir, tmp_path):
     """gemma3: the pseudo image goes in as one non-causal block, like mtmd decodes Gemma 3 images."""
-    from fastv_edge import savings
+    from fastv_edge import RuntimeConfig, load, savings
+    from fastv_edge.bench.workload import PseudoWorkload
     from fastv_edge.testing.make_tiny_archs import make_tiny_gemma3
 
     model = make_tiny_gemma3(tiny_dir)
-    runner = savings.Runner(str(model.path), n_image=32, n_threads=1)
-    try:
-        assert runner.non_causal_image
-    finally:
-        runner.close()
+    with load(model.path, runtime=RuntimeConfig(n_threads=1)) as m:
+        assert PseudoWorkload(m, 32, seed=0).image.non_causal
     out = tmp_path / "savings.json"
     assert (
         savings.main(

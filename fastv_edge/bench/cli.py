@@ -34,7 +34,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mmproj", help="mmproj GGUF shared by every -m (else a pseudo image)")
     p.add_argument("--n-images", type=int, default=1, help="images per prompt (SmolVLM tiles: 17; default 1)")
     p.add_argument("--image", action="append", default=[], help="image file instead of the synthetic picture")
-    p.add_argument("--prompt", help="raw prompt with one media marker per image (default: a LLaVA-style prompt)")
+    p.add_argument(
+        "--prompt",
+        help="raw prompt with one media marker per image, '-' reads it from stdin (keeps a final newline, "
+        "which $(...) would strip); default: a LLaVA-style prompt",
+    )
     p.add_argument("--pseudo-image-tokens", type=int, default=576, help="rows of the pseudo image (default 576)")
     p.add_argument("-k", "--layer", type=int, action="append", help="K values (repeatable; default 2)")
     p.add_argument("-r", "--drop-ratio", type=float, action="append", help="R values (default .5 .75 .9)")
@@ -105,9 +109,9 @@ def cmd_bench(args) -> int:
         if not args.model:
             raise ValueError("give at least one -m MODEL.gguf (or --quick)")
         n_images = len(args.image) or args.n_images
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
         specs = [
-            ModelSpec(m, args.mmproj, n_images, args.pseudo_image_tokens, tuple(args.image), args.prompt)
-            for m in args.model
+            ModelSpec(m, args.mmproj, n_images, args.pseudo_image_tokens, tuple(args.image), prompt) for m in args.model
         ]
         settings = _settings(args)
     plots = not args.no_plots

@@ -26,8 +26,8 @@ import numpy as np
 
 from .. import _native
 from ..config import PruneConfig, RuntimeConfig
+from ..decode import TokenBatch
 from ..model import load, read_model_info
-from ..prefill import TokenBatch
 from .fidelity import Comparison, Reference
 from .grid import BenchSettings, GridPoint, ModelSpec, expand_grid
 from .system import PeakRSS
@@ -72,10 +72,9 @@ class ModelRun:
 
 def is_synthetic(path: str, name: str) -> bool:
     """True for generated weights: make_shapes' key, or make_tiny's 'tiny-*' names."""
-    import gguf
+    from ..gguf_header import read_header
 
-    field_ = gguf.GGUFReader(path).fields.get(SYNTHETIC_KEY)
-    return bool(field_ is not None and field_.contents()) or name.startswith("tiny")
+    return bool(read_header(path).get(SYNTHETIC_KEY)) or name.startswith("tiny")
 
 
 class Runner:
@@ -105,7 +104,7 @@ class Runner:
         self.rss.reset()
         rss_before = self.rss.current_mb()
         t0, c0 = time.perf_counter(), time.process_time()
-        n_past, stats = self.workload.prefill(self.batch, prune)
+        n_past, stats = self.workload.prefill(prune)
         logits = self.logits()
         token = int(np.argmax(logits))
         ttft, ttft_cpu = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
@@ -208,8 +207,6 @@ def bench_model(
         flash_attn=settings.flash_attn,
     )
     with load(spec.path, spec.mmproj, runtime=runtime, prune=PruneConfig(strategy="none")) as model:
-        # prompt processing runs on n_threads_batch: fix both, or -t would only bind decoding
-        llama_cpp.llama_set_n_threads(model.ctx, settings.n_threads, settings.n_threads)
         workload = make_workload(model, spec, settings.seed)
         run = ModelRun(
             spec,

@@ -41,7 +41,10 @@ def quick_models(model_dir: Path) -> tuple[list[ModelSpec], list[str]]:
     make_tiny = _import_make_tiny()
     specs, notes = [], []
     for weight_type in ("f32", "q8_0"):
-        tiny = make_tiny(model_dir, seed=0, weight_type=weight_type)
+        try:
+            tiny = make_tiny(model_dir, seed=0, weight_type=weight_type)
+        except FastVEdgeError as e:  # the tiny models borrow SmolLM2's tokenizer
+            raise type(e)(f"bench --quick writes tiny models with SmolLM2's tokenizer: {e}") from e
         specs.append(ModelSpec(str(tiny.llama_path), str(tiny.mmproj_path)))
     from ..weights import smollm2_135m_path
 

@@ -1,29 +1,26 @@
 """The prompt every configuration prefills: text, image(s), question, as a LLaVA-style raw prompt.
 
-Two kinds, one interface (`prefill(batch, prune) -> (n_past, PrefillStats)`, the prompt's logits left in the
-context):
-- MtmdWorkload: a real picture through mtmd (preprocess, vision encoder, projector), then the
-  fastv_edge prefill; used whenever an mmproj is given.
-- PseudoWorkload: no mmproj; the image is N embedding rows decoded through the embedding-batch
-  path mtmd uses. The rows are the input embeddings of N random vocabulary tokens, so their
-  scale matches text (x sqrt(n_embd) for gemma3, which scales token input only); gemma3
-  images are decoded non-causally, as mtmd does. Vision encode time is 0 here.
+Two kinds, one interface (`prefill(prune) -> (n_past, PrefillStats)`, the prompt's logits left in the
+context), both through prefill.prefill, the package's one orchestrator:
+- MtmdWorkload: a real picture through mtmd (preprocess, vision encoder, projector); used
+  whenever an mmproj is given.
+- PseudoWorkload: no mmproj; the image is prompt.pseudo_image's N rows (input embeddings of
+  random vocabulary tokens, at mtmd's positions and causal rule for the architecture), decoded
+  through the same path as a real image's rows. Vision encode time is 0 here.
 About 60 text tokens surround the image, as in the paper's FLOPs examples.
 """
 
 from __future__ import annotations
 
-import ctypes
 import time
 
-import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
-from .. import _native
+from ..config import PruneConfig
 from ..images import RGBImage, load_image
-from ..prefill import PrefillStats, TokenBatch, check_fits, prefill, tokenize
-from ..pruning import make_pruner
+from ..prefill import PrefillStats, check_fits, prefill
+from ..prompt import Prompt, TextPiece, pseudo_image, tokenize
 
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
@@ -63,115 +60,44 @@ class MtmdWorkload:
         self.text = prompt_text(model.marker, len(self.images)) if spec.prompt is None else spec.prompt
         with tokenize(model.llm, model.mtmd_ctx, self.text, self.images, add_special=True) as p:
             self.n_prompt_tokens, self.n_image_tokens = p.n_tokens, p.n_image_tokens
-            check_fits(p, 0, model.n_ctx)
+            check_fits(p, PruneConfig(strategy="none"), 0, model.n_ctx)
             self.encode_cpu_ms = min(self._encode_cpu(p) for _ in range(2))  # the 1st also warms up
 
     def _encode_cpu(self, prompt) -> float:
         # the vision encoder's CPU time does not depend on the pruning configuration: measure it
         # here, so that prefill CPU time = TTFT CPU time - this
         c0 = time.process_time()
-        for piece in prompt.pieces:
-            if piece.chunk is not None and mtmd.mtmd_encode_chunk(self.model.mtmd_ctx, piece.chunk) != 0:
+        for piece in prompt.images:
+            if mtmd.mtmd_encode_chunk(self.model.mtmd_ctx, piece.chunk) != 0:
                 raise RuntimeError("mtmd_encode_chunk failed")
         return (time.process_time() - c0) * 1e3
 
-    def prefill(self, batch: TokenBatch, prune) -> tuple[int, PrefillStats]:
+    def prefill(self, prune) -> tuple[int, PrefillStats]:
         m = self.model
         with tokenize(m.llm, m.mtmd_ctx, self.text, self.images, add_special=True) as p:
-            return prefill(m.ctx, m.mtmd_ctx, p, batch, n_past=0, n_ubatch=llama_cpp.llama_n_ubatch(m.ctx), prune=prune)
-
-
-def _token_embeddings(model_path: str, ids: np.ndarray) -> np.ndarray:
-    """Rows `ids` of token_embd.weight, dequantized: (len(ids), n_embd) float32."""
-    import gguf
-
-    reader = gguf.GGUFReader(model_path)
-    tensor = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-    if tensor is None:
-        raise ValueError(f"{model_path} has no token_embd.weight to draw a pseudo image from")
-    rows = np.asarray(tensor.data)[ids]  # (n, bytes per row) or (n, n_embd)
-    return gguf.quants.dequantize(rows, tensor.tensor_type).astype(np.float32).reshape(len(ids), -1)
+            return prefill(m.target, p, n_past=0, prune=prune)
 
 
 class PseudoWorkload:
-    """Text tokens, N pseudo-image embedding rows, text tokens; FastV through the _native calls."""
+    """Text tokens, N pseudo-image rows, text tokens: the rows stand in for a projected image."""
 
     kind = "pseudo"
 
     def __init__(self, model, n_image: int, seed: int):
-        if model.info.architecture == "qwen2vl":
-            raise ValueError("pseudo images need 4 M-RoPE positions per row; give qwen2vl models an --mmproj")
         self.model = model
         llm = model.llm
-        self.pre = llm.tokenize(f"{SYSTEM}\nUSER: ".encode(), add_bos=True, special=True)
-        self.post = llm.tokenize(f"\n{QUESTION}\nASSISTANT:".encode(), add_bos=False, special=True)
-        rng = np.random.default_rng([seed, 12])
-        ids = rng.integers(0, llm.n_vocab(), n_image)
-        rows = _token_embeddings(model.info.path, ids)  # (N, n_embd)
-        if model.info.architecture == "gemma3":
-            rows *= np.sqrt(model.info.n_embd)
-        self.image = np.ascontiguousarray(rows, dtype=np.float32)
-        self.non_causal = model.info.architecture == "gemma3"  # mtmd decodes Gemma 3 images bidirectionally
+        pre = llm.tokenize(f"{SYSTEM}\nUSER: ".encode(), add_bos=True, special=True)
+        post = llm.tokenize(f"\n{QUESTION}\nASSISTANT:".encode(), add_bos=False, special=True)
+        self.image = pseudo_image(model, n_image, seed)
+        self.prompt = Prompt([TextPiece(list(pre)), self.image, TextPiece(list(post))])
         self.n_image_tokens = n_image
         self.encode_cpu_ms = 0.0  # no vision encoder
-        self.n_prompt_tokens = len(self.pre) + n_image + len(self.post)
+        self.n_prompt_tokens = self.prompt.n_tokens
         if self.n_prompt_tokens > model.n_ctx:
             raise ValueError(f"pseudo prompt needs {self.n_prompt_tokens} tokens, n_ctx is {model.n_ctx}; raise -c")
 
-    def _decode_image(self, ctx, n_past: int, n_batch: int) -> int:
-        n, n_embd = self.image.shape
-        if self.non_causal:
-            llama_cpp.llama_set_causal_attn(ctx, False)
-        try:
-            for start in range(0, n, n_batch):
-                part = self.image[start : start + n_batch]  # (n_part, n_embd)
-                batch = llama_cpp.llama_batch_init(len(part), n_embd, 1)
-                try:
-                    batch.n_tokens = len(part)
-                    ctypes.memmove(batch.embd, part.ctypes.data, part.nbytes)
-                    for i in range(len(part)):
-                        batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0] = n_past + start + i, 1, 0
-                        batch.logits[i] = False
-                    rc = llama_cpp.llama_decode(ctx, batch)
-                    if rc != 0:
-                        raise RuntimeError(f"llama_decode of the pseudo image returned {rc}")
-                finally:
-                    llama_cpp.llama_batch_free(batch)
-        finally:
-            if self.non_causal:
-                llama_cpp.llama_set_causal_attn(ctx, True)
-        return n_past + n
-
-    def prefill(self, batch: TokenBatch, prune) -> tuple[int, PrefillStats]:
-        ctx = self.model.ctx
-        use_fastv = prune.enabled
-        stats = PrefillStats(
-            n_prompt_tokens=self.n_prompt_tokens,
-            n_image_tokens=self.n_image_tokens,
-            n_kept=self.n_image_tokens,
-            pruned=use_fastv,
-        )
-        if use_fastv:
-            _native.begin(ctx, 0, prune.layer)
-        try:
-            t0 = time.perf_counter()
-            n_past = batch.decode(ctx, self.pre, 0, logits_last=False)
-            n_past = self._decode_image(ctx, n_past, batch.n_batch)
-            n_past = batch.decode(ctx, self.post, n_past, logits_last=not use_fastv)
-            t1 = time.perf_counter()
-            stats.shallow_ms = (t1 - t0) * 1e3
-            if use_fastv:
-                scores = np.asarray(_native.get_scores(ctx))  # (N,)
-                _native.finish_with_keep(ctx, make_pruner(prune)(scores).tolist())  # keep > N raises
-                stats.deep_ms = (time.perf_counter() - t1) * 1e3
-                stats.kept = _native.get_kept(ctx)
-                stats.n_kept = len(stats.kept)
-        except BaseException:
-            if use_fastv:
-                _native.abort(ctx)
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            raise
-        return n_past, stats
+    def prefill(self, prune) -> tuple[int, PrefillStats]:
+        return prefill(self.model.target, self.prompt, n_past=0, prune=prune)
 
 
 def make_workload(model, spec, seed: int):

@@ -1,6 +1,8 @@
 """Deterministic tiny GGUF models for tests, the demo and `bench --quick`.
 
-The writers produce real llama.cpp files (llama, qwen2vl, gemma3 text models with a real
-tokenizer; CLIP+mlp, qwen2vl_merger and gemma3 mmprojs) from seeded random weights, so the
-whole pipeline runs offline. Same arguments, same bytes.
+The writers produce real llama.cpp files from seeded random weights, so the whole pipeline
+runs offline. Same arguments, same bytes. Text models (with a real tokenizer): llama, qwen2vl,
+gemma3, qwen3vl (deepstack), qwen2, qwen3, mistral3, gemma4 (E2B/E4B and 26B/31B layouts) and
+lfm2 (hybrid recurrent); mmprojs: CLIP+mlp, qwen2vl_merger, qwen3vl_merger (deepstack
+mergers), gemma3 and gemma4v.
 """

@@ -19,6 +19,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from fastv_edge.gguf_header import read_header
+
 # Tensor type per --weight-type. Norm vectors always stay F32, like llama.cpp's converters.
 WEIGHT_TYPES = {
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
@@ -112,14 +114,12 @@ def read_tokenizer(path: str | Path | None = None) -> Tokenizer:
         from fastv_edge.weights import smollm2_135m_path
 
         path = smollm2_135m_path()
-    reader = gguf.GGUFReader(str(path))  # ~3 s for SmolLM2: cached by lru_cache
+    header = read_header(path, arrays=lambda key: key.startswith("tokenizer."))
     fields = []
-    for key, field in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        sub_type = field.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
-        fields.append((key, field.contents(), vtype, sub_type))
+    for key, (vtype, item) in header.types.items():
+        if key.startswith("tokenizer."):
+            sub_type = None if item is None else gguf.GGUFValueType(item)
+            fields.append((key, header.values[key], gguf.GGUFValueType(vtype), sub_type))
     if not any(k == gguf.Keys.Tokenizer.LIST for k, *_ in fields):
         raise ValueError(f"{path} has no tokenizer.ggml.tokens: not a usable tokenizer source")
     return Tokenizer(tuple(fields))

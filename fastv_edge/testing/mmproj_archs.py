@@ -1,6 +1,6 @@
-"""Write tiny Qwen2-VL ('qwen2vl_merger') and Gemma 3 ('gemma3') mmproj GGUFs that mtmd loads.
+"""Write tiny Qwen2-VL ('qwen2vl_merger'), Qwen3-VL ('qwen3vl_merger') and Gemma 3 ('gemma3') mmprojs that mtmd loads.
 
-fastv_edge/testing/mmproj.py writes the LLaVA 'mlp' projector. These two are the projectors whose image
+fastv_edge/testing/mmproj.py writes the LLaVA 'mlp' projector. These three are the projectors whose image
 tokens the text model handles differently, which is what FastV's qwen2vl and gemma3 paths
 must get right end to end:
 
@@ -10,6 +10,15 @@ must get right end to end:
   concatenated and mapped by mm.0 -> GELU -> mm.2. mtmd resizes the image to a multiple of
   2 * patch_size (aspect kept), so the token grid follows the image: an (nx, ny) grid whose
   M-RoPE positions mtmd assigns per row and column.
+- qwen3vl_merger (tools/mtmd/models/qwen3vl.cpp, tensors from clip.cpp load_tensors): Qwen2-VL's
+  patch pair plus v.patch_embd.bias and a learned v.position_embd table (n_side^2 rows,
+  bilinearly resized to the image's patch grid), a LayerNorm ViT with fused attn_qkv and
+  2-D M-RoPE (head size divisible by 4), GELU (clip.use_gelu); v.post_ln, 2x2 merge, mm.0 ->
+  GELU -> mm.2 as Qwen2-VL. Each vision layer listed in deepstack_layers also has a deepstack
+  merger v.deepstack.<il>.{norm (LayerNorm over the 4 merged patches), fc1, fc2} whose output
+  (projection_dim wide) is concatenated after the main one: a row is projection_dim *
+  (1 + n_deepstack) floats (clip_n_mmproj_embd), which mtmd checks against the text model's
+  llama_model_n_embd_inp. Mean/std are 0.5 (Qwen3-VL's SigLIP-2 preprocessing).
 - gemma3 (tools/mtmd/models/siglip.cpp): a SigLIP ViT (learned positions, GELU, v.post_ln),
   average pooling with a kernel of clip.vision.projector.scale_factor, RMS norm times
   mm.soft_emb_norm.weight, then mm.input_projection.weight. mtmd resizes to image_size
@@ -30,7 +39,8 @@ import numpy as np
 from fastv_edge.testing.llama_gguf import WEIGHT_TYPES
 from fastv_edge.testing.mmproj import add_vision_keys, write_clip_gguf
 
-PROJECTORS = ("qwen2vl_merger", "gemma3")
+PROJECTORS = ("qwen2vl_merger", "gemma3", "qwen3vl_merger")
+QWEN_MERGERS = ("qwen2vl_merger", "qwen3vl_merger")
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Gemma 3's SigLIP preprocessing
 QWEN2VL_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2-VL uses OpenAI CLIP's statistics
 QWEN2VL_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -38,12 +48,13 @@ QWEN2VL_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class VisionHParams:
-    """Shape of a qwen2vl_merger or gemma3 vision tower + projector.
+    """Shape of a qwen2vl_merger, qwen3vl_merger or gemma3 vision tower + projector.
 
     image_size: gemma3 - the fixed square input; qwen2vl - only the nominal size mtmd reports
     (real images keep their aspect, between 8 and 4096 tokens).
     merge: qwen2vl - the spatial merge (2 in every released model); gemma3 - the pooling
     kernel (4 in the released models: 896 px / 14 px = 64 patches -> 16 x 16 = 256 tokens).
+    deepstack_layers: qwen3vl - vision layers with a deepstack merger (Qwen3-VL: 3, e.g. 5, 11, 17).
     """
 
     projector: str
@@ -56,6 +67,7 @@ class VisionHParams:
     projection_dim: int = 64  # the text model's n_embd
     merge: int = 2
     eps: float = 1e-6
+    deepstack_layers: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.projector not in PROJECTORS:
@@ -71,8 +83,18 @@ class VisionHParams:
         if self.image_size % self.patch_size or side % self.merge:
             step = self.patch_size * self.merge
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size * merge = {step}")
-        if self.projector == "qwen2vl_merger" and ((self.n_embd // self.n_head) % 4 or self.merge != 2):
-            raise ValueError("qwen2vl_merger needs a head size divisible by 4 (2-D M-RoPE) and merge 2")
+        if self.projector in QWEN_MERGERS and ((self.n_embd // self.n_head) % 4 or self.merge != 2):
+            raise ValueError(f"{self.projector} needs a head size divisible by 4 (2-D M-RoPE) and merge 2")
+        layers = tuple(self.deepstack_layers)
+        if layers and self.projector != "qwen3vl_merger":
+            raise ValueError("deepstack_layers is a qwen3vl_merger hyperparameter")
+        if list(layers) != sorted(set(layers)) or any(not 0 <= il < self.n_layer for il in layers):
+            raise ValueError(f"deepstack_layers {layers} must be distinct ascending layers < n_layer={self.n_layer}")
+
+    @property
+    def n_out(self) -> int:
+        """Floats per output row: projection_dim, plus projection_dim per deepstack merger (qwen3vl)."""
+        return self.projection_dim * (1 + len(self.deepstack_layers))
 
     @property
     def n_image_tokens(self) -> int:
@@ -84,25 +106,33 @@ def tensor_shapes(hp: VisionHParams) -> dict[str, tuple[int, ...]]:
     """Numpy shapes of every tensor, keyed by GGUF name; a linear map is (n_out, n_in)."""
     d, p = hp.n_embd, hp.patch_size
     shapes: dict[str, tuple[int, ...]] = {"v.patch_embd.weight": (d, 3, p, p)}  # Conv2d (out, in, kh, kw)
-    if hp.projector == "qwen2vl_merger":
+    if hp.projector in QWEN_MERGERS:
         shapes["v.patch_embd.weight.1"] = (d, 3, p, p)  # second temporal slice of the 3-D conv
-    else:
+    if hp.projector != "qwen2vl_merger":
         shapes["v.patch_embd.bias"] = (d,)
         shapes["v.position_embd.weight"] = ((hp.image_size // p) ** 2, d)
     for il in range(hp.n_layer):
         b = f"v.blk.{il}."
         for norm in ("ln1", "ln2"):
             shapes[f"{b}{norm}.weight"] = shapes[f"{b}{norm}.bias"] = (d,)
-        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
+        if hp.projector == "qwen3vl_merger":  # qwen3vl.cpp reads only the fused projection
+            shapes[b + "attn_qkv.weight"], shapes[b + "attn_qkv.bias"] = (3 * d, d), (3 * d,)
+        projs = ("attn_out",) if hp.projector == "qwen3vl_merger" else ("attn_q", "attn_k", "attn_v", "attn_out")
+        for proj in projs:
             shapes[f"{b}{proj}.weight"] = (d, d)
             shapes[f"{b}{proj}.bias"] = (d,)
         shapes[b + "ffn_up.weight"], shapes[b + "ffn_up.bias"] = (hp.n_ff, d), (hp.n_ff,)
         shapes[b + "ffn_down.weight"], shapes[b + "ffn_down.bias"] = (d, hp.n_ff), (d,)
     shapes["v.post_ln.weight"] = shapes["v.post_ln.bias"] = (d,)
-    if hp.projector == "qwen2vl_merger":
-        d4 = d * hp.merge**2  # a 2x2 block of patches, concatenated
+    d4, out = d * hp.merge**2, hp.projection_dim  # a 2x2 block of patches, concatenated
+    for il in hp.deepstack_layers:
+        b = f"v.deepstack.{il}."
+        shapes[b + "norm.weight"] = shapes[b + "norm.bias"] = (d4,)
+        shapes[b + "fc1.weight"], shapes[b + "fc1.bias"] = (d4, d4), (d4,)
+        shapes[b + "fc2.weight"], shapes[b + "fc2.bias"] = (out, d4), (out,)
+    if hp.projector in QWEN_MERGERS:
         shapes["mm.0.weight"], shapes["mm.0.bias"] = (d4, d4), (d4,)
-        shapes["mm.2.weight"], shapes["mm.2.bias"] = (hp.projection_dim, d4), (hp.projection_dim,)
+        shapes["mm.2.weight"], shapes["mm.2.bias"] = (out, d4), (out,)
     else:
         shapes["mm.soft_emb_norm.weight"] = (d,)
         # stored as HF keeps it, (vision, text): clip.cpp multiplies by its transpose
@@ -123,7 +153,7 @@ def random_vision_weights(hp: VisionHParams, seed: int, out_std: float = 1.0) ->
             w = rng.standard_normal(shape) * 0.5
         elif name == "mm.input_projection.weight":  # applied to RMS-normalised rows of size d
             w = rng.standard_normal(shape) * out_std * shape[0] ** -0.5
-        elif name == "mm.2.weight":
+        elif name == "mm.2.weight" or name.endswith(".fc2.weight"):  # the rows the text model reads
             w = rng.standard_normal(shape) * out_std * shape[1] ** -0.5
         else:  # fan-in scaling keeps every stage O(1)
             w = rng.standard_normal(shape) * float(np.prod(shape[1:])) ** -0.5
@@ -138,11 +168,12 @@ def write_vision_mmproj(
     weight_type: str = "f32",
     name: str | None = None,
 ) -> Path:
-    """Write a qwen2vl_merger or gemma3 mmproj GGUF for llama.cpp's mtmd.
+    """Write a qwen2vl_merger, qwen3vl_merger or gemma3 mmproj GGUF for llama.cpp's mtmd.
 
     Args:
         path: output file.
-        hp: shape; hp.projection_dim must equal the text model's n_embd.
+        hp: shape; hp.projection_dim must equal the text model's n_embd (and hp.n_out its
+            llama_model_n_embd_inp: qwen3vl's deepstack layers).
         weights: arrays keyed by GGUF name, shapes as tensor_shapes(hp).
         weight_type: 'f32', 'f16' or 'q8_0' for the linear weights (norms, biases and
             position embeddings stay F32).
@@ -159,19 +190,21 @@ def write_vision_mmproj(
     if bad:
         raise ValueError(f"weights do not match hparams: {bad[:5]}")
     qtype, ftype = WEIGHT_TYPES[weight_type]
-    qwen = hp.projector == "qwen2vl_merger"
+    qwen2 = hp.projector == "qwen2vl_merger"
 
     def add_keys(w: gguf.GGUFWriter) -> None:
         w.add_name(name or f"tiny-{hp.projector}-mmproj")
         w.add_file_type(ftype)
         w.add_clip_has_vision_encoder(True)
         w.add_clip_projector_type(hp.projector)
-        mean, std = (QWEN2VL_MEAN, QWEN2VL_STD) if qwen else (SIGLIP_MEAN, SIGLIP_STD)
-        add_vision_keys(w, hp, not qwen, mean, std)  # Qwen2-VL's ViT uses quick-GELU, SigLIP GELU
-        if qwen:
+        mean, std = (QWEN2VL_MEAN, QWEN2VL_STD) if qwen2 else (SIGLIP_MEAN, SIGLIP_STD)
+        add_vision_keys(w, hp, not qwen2, mean, std)  # Qwen2-VL's ViT uses quick-GELU, the others GELU
+        if hp.projector in QWEN_MERGERS:
             w.add_uint32("clip.vision.spatial_merge_size", hp.merge)
         else:
             w.add_uint32("clip.vision.projector.scale_factor", hp.merge)
+        if hp.deepstack_layers:  # written by the converter; clip.cpp finds the mergers by tensor name
+            w.add_vision_is_deepstack_layers([il in hp.deepstack_layers for il in range(hp.n_layer)])
 
     return write_clip_gguf(path, add_keys, {n: weights[n] for n in expected}, qtype)
 
@@ -181,7 +214,7 @@ def make_tiny_vision_mmproj(
 ) -> tuple[Path, VisionHParams]:
     """Write (or reuse) a tiny F32 projector of `projector` type for a text model of width projection_dim."""
     hp = VisionHParams(projector=projector, projection_dim=projection_dim, **shape)
-    tag = "-".join(f"{k}{v}" for k, v in sorted(shape.items()))
+    tag = "-".join(f"{k}{'.'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sorted(shape.items()))
     path = Path(out_dir) / f"tiny-{projector}-mmproj-D{projection_dim}-{tag or 'default'}-o{out_std:g}-s{seed}.gguf"
     if not path.is_file():
         tmp = path.with_suffix(".partial")
