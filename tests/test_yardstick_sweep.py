@@ -25,25 +25,35 @@ def test_settings_follow_the_strategy_list():
         assert {f"fastv K=2 keep={n}", f"fastv K=4 keep={n}", f"random K=0 keep={n}", f"random K=2 keep={n}"} <= set(
             names
         )
-        assert f"random keep={min(2 * n, 256)} + fastv K=2 keep={n}" in names
+    assert len(names) == 1 + 4 * len(BUDGETS)  # no two-stage line without a strategy of TWO_STAGE_PRE
     later = [s for s in settings(8, ("fastv", "random", "none", "divprune", "cdpruner")) if s.name not in names]
-    assert {s.family for s in later} == {"divprune", "cdpruner", "divprune+FastV K=2", "cdpruner+FastV K=2"}
+    assert {s.family for s in later} == {"divprune", "cdpruner", "divprune+FastV K=2"}
     assert sorted(s.keep for s in later if s.family == "divprune") == sorted(BUDGETS)
+    assert {s.name for s in later if "+" in s.family} == {
+        f"divprune keep={min(2 * n, 256)} + fastv K=2 keep={n}" for n in BUDGETS
+    }
 
 
-def test_settings_build_prune_configs_or_raise():
-    """Each setting builds its PruneConfig lazily; random ones are seeded by the question."""
+def test_settings_cover_every_strategy_of_the_package_and_build_valid_configs():
+    """Each setting builds its PruneConfig lazily (the package validates it); random ones are seeded by the question."""
     pytest.importorskip("fastv_edge")
     from fastv_edge import PruneConfig
+    from fastv_edge.config import STRATEGIES, PreSelect
 
-    by_name = {s.name: s for s in settings(8, ("fastv", "random", "none"))}
+    every = settings(8)
+    families = {s.family.split()[0].split("+")[0] for s in every}
+    assert {"FastV" if s == "fastv" else ("stock" if s == "none" else s) for s in STRATEGIES} == families
+    by_name = {s.name: s for s in every}
     assert by_name["stock"].make(0) == PruneConfig(strategy="none")
     assert by_name["fastv K=4 keep=28"].make(3) == PruneConfig(layer=4, keep=28)
     assert by_name["random K=2 keep=14"].make(7).seed == 7
-    try:
-        by_name["random K=0 keep=14"].make(0)
-    except ValueError as e:  # before pre-LLM selection lands
-        assert "layer" in str(e)
+    before = by_name["random K=0 keep=14"].make(5)
+    assert before.pre_stage == PreSelect("random", keep=14, seed=5) and not before.in_llm
+    two = by_name["divprune keep=56 + fastv K=2 keep=28"].make(0)
+    assert two.pre == PreSelect("divprune", keep=56) and (two.layer, two.keep, two.strategy) == (2, 28, "fastv")
+    assert by_name["cdpruner K=0 keep=57"].make(0).pre_stage.strategy == "cdpruner"
+    for s in every:
+        s.make(1).check_layer(8)
 
 
 def _rows(n: int, acc: dict[str, float], seed: int = 0) -> list[dict]:

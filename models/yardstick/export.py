@@ -128,13 +128,33 @@ def load_gguf(threads: int = 1, out_dir: Path = HERE):
     )
 
 
-def answer(model, question: str, image, prune=None) -> str:
-    """Greedy answer of the GGUF model to the exact trained prompt (no chat template)."""
+def ask(model, question: str, image, prune=None):
+    """Greedy answer of the GGUF model to the exact trained prompt (no chat template), with its prefill stats.
+
+    CDPruner ranks the image tokens against the question alone (not the system line or ChatML markers).
+
+    Args:
+        model: from load_gguf().
+        question: the question text.
+        image: an RGBImage (test_image()).
+        prune: a PruneConfig; None: the model's (stock).
+
+    Returns:
+        (answer, fastv_edge PrefillStats: kept image-token indices among all 256, strategy, timings).
+    """
     import fastv_edge
 
-    return fastv_edge.generate(
-        model, prompt_text(question), [image], apply_template=False, prune=prune, max_tokens=4
-    ).strip()
+    steps = list(
+        fastv_edge.stream_generate(
+            model, prompt_text(question), [image], apply_template=False, prune=prune, max_tokens=4, instruction=question
+        )
+    )
+    return "".join(r.text for r in steps).strip(), steps[-1].stats
+
+
+def answer(model, question: str, image, prune=None) -> str:
+    """Greedy answer of the GGUF model to the exact trained prompt (see ask())."""
+    return ask(model, question, image, prune)[0]
 
 
 def parity(threads: int = 1) -> dict:

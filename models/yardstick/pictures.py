@@ -5,9 +5,9 @@
 
 One column per question (a glyph, a count, a spatial relation and an attribute of a small object),
 one row per setting of the sweep at the chosen budget (settings.py, so strategies added to the
-package later get their row). Dropped patches are dimmed; the title gives the model's answer.
-A setting the package rejects today, or whose kept set fastv_edge does not expose, is drawn as a
-blank cell saying so.
+package later get their row). Dropped patches are dimmed (the kept set is the request's
+PrefillStats.kept); the title gives the model's answer. A setting the package rejects is listed
+under the figure with the reason.
 """
 
 from __future__ import annotations
@@ -37,18 +37,18 @@ def pick_questions(questions: list[dict], scenes: list[dict], p: dict) -> list[i
     return [next(i for i, qa in enumerate(questions) if qa["kind"] == kind and small(qa)) for kind in KINDS]
 
 
-def kept_mask(model, grid: int) -> np.ndarray | None:
-    """(grid, grid) bool of the image tokens the last request kept; None if fastv_edge does not say."""
-    from fastv_edge import _native
+def kept_mask(stats, grid: int) -> np.ndarray:
+    """(grid, grid) bool of the image tokens that reached the deep layers in a request (PrefillStats.kept).
 
-    try:
-        kept = _native.get_kept(model.ctx)
-    except Exception:  # noqa: BLE001 - any failure means the kept set is not exposed for this strategy
-        return None
-    if not kept:
-        return None
+    Args:
+        stats: the PrefillStats of the request (all N image tokens when nothing was pruned).
+        grid: patches per side.
+
+    Returns:
+        The mask, row-major like the image tokens.
+    """
     mask = np.zeros(grid * grid, dtype=bool)
-    mask[kept] = True
+    mask[list(stats.kept) if stats.kept else slice(None)] = True
     return mask.reshape(grid, grid)
 
 
@@ -85,15 +85,13 @@ def draw(cells: list[list[dict]], titles: list[str], rows: list[str], out: Path,
 def _cell(model, setting, qi: int, qa: dict, image: np.ndarray, cell_px: int) -> dict:
     from fastv_edge.errors import FastVEdgeError
 
-    from .export import answer, test_image
+    from .export import ask, test_image
 
     try:
-        got = answer(model, qa["question"], test_image(qa["image"]), prune=setting.make(qi))
-    except (ValueError, TypeError, AttributeError, FastVEdgeError) as e:
+        got, stats = ask(model, qa["question"], test_image(qa["image"]), prune=setting.make(qi))
+    except (ValueError, TypeError, FastVEdgeError) as e:
         return {"image": None, "text": f"skipped:\n{str(e)[:60]}"}
-    mask = np.ones((GRID, GRID), dtype=bool) if setting.family == "stock" else kept_mask(model, GRID)
-    if mask is None:
-        return {"image": image, "text": f"answer {got!r}; kept set not exposed"}
+    mask = kept_mask(stats, GRID)
     shown = image.astype(np.float64)
     dim = ~np.kron(mask, np.ones((cell_px, cell_px), dtype=bool))  # (H, W) dropped pixels
     shown[dim] = 0.25 * shown[dim] + 0.75 * 255

@@ -7,12 +7,13 @@ are picked up without editing this file:
 - 'fastv': at K in {2, L/4, L/2} (deduplicated; L = the LM's layer count).
 - 'random': at K = 0 (before the LLM) and K = 2 (FastV's two-phase prefill, random keep set).
 - any other strategy: before the LLM, PruneConfig(strategy=s, layer=0, keep=N).
-- two stages, for every strategy that runs before the LLM (random included): PreSelect(s, keep=N1)
-  then FastV at K = 2 down to N, with N1 = min(2 N, 256).
+- two stages: PreSelect(s, keep=N1) before the LLM, then FastV at K = 2 down to N, with
+  N1 = min(2 N, 256), for s in TWO_STAGE_PRE (DivPrune: one two-stage line keeps the sweep's
+  cost down; add names there to sweep more).
 
-A setting whose configuration the package rejects today (ValueError, TypeError, a missing
-PreSelect, or a FastVEdgeError such as UnsupportedModelError at generation time) is recorded as
-skipped with the reason, never a crash.
+A setting whose configuration the package rejects (ValueError, TypeError, or a FastVEdgeError
+such as UnsupportedModelError at generation time) is recorded as skipped with the reason, never
+a crash.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ N_IMAGE = 256
 BUDGETS = (85, 57, 28, 14)
 RANDOM_LAYERS = (0, 2)
 TWO_STAGE_LAYER = 2
+TWO_STAGE_PRE = ("divprune",)
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,11 @@ def _prune(**kwargs) -> Callable[[int], object]:
 
 def _two_stage(pre: str, keep1: int, keep: int) -> Callable[[int], object]:
     def make(q: int):
-        from fastv_edge import PruneConfig, config
+        from fastv_edge.config import PreSelect, PruneConfig
 
-        pre_select = getattr(config, "PreSelect", None)
-        if pre_select is None:
-            raise AttributeError("fastv_edge.config has no PreSelect (two-stage pruning not in the package yet)")
-        return PruneConfig(strategy="fastv", layer=TWO_STAGE_LAYER, keep=keep, pre=pre_select(pre, keep=keep1))
+        seeded = {"seed": q} if pre == "random" else {}
+        stage = PreSelect(pre, keep=keep1, **seeded)
+        return PruneConfig(strategy="fastv", layer=TWO_STAGE_LAYER, keep=keep, pre=stage)
 
     return make
 
@@ -93,7 +94,7 @@ def settings(n_layer: int, strategies: tuple[str, ...] | None = None) -> list[Se
                 pre_llm.append(s)
             for n in BUDGETS:
                 out.append(Setting(f"{s} K={k} keep={n}", family, n, _prune(strategy=s, layer=k, keep=n)))
-    for s in pre_llm:
+    for s in (s for s in pre_llm if s in TWO_STAGE_PRE):
         for n in BUDGETS:
             keep1 = min(2 * n, N_IMAGE)
             name = f"{s} keep={keep1} + fastv K={TWO_STAGE_LAYER} keep={n}"

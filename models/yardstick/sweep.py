@@ -36,11 +36,13 @@ def test_questions() -> list[dict]:
     return build_split(load_params(), "test")[1]["questions"]
 
 
-def sample(per_kind: int) -> list[int]:
-    """Indices into test_questions(): per_kind seeded random questions of every kind."""
+def sample(per_kind: int, kinds: tuple[str, ...] | None = None) -> list[int]:
+    """Indices into test_questions(): per_kind seeded random questions of every kind (or of `kinds`)."""
     from .export import stratified_sample
 
-    return stratified_sample([q["kind"] for q in test_questions()], per_kind, seed=0)
+    questions = test_questions()
+    index = stratified_sample([q["kind"] for q in questions], per_kind, seed=0)
+    return [i for i in index if kinds is None or questions[i]["kind"] in kinds]
 
 
 def _save(path: Path, rows: list[dict], skipped: dict, todo: list, seconds: float) -> None:
@@ -56,7 +58,9 @@ def _answer(model, setting, q: int, question: str, image) -> str:
     return answer(model, question, image, prune=setting.make(q))
 
 
-def run_shard(per_kind: int, shard: int, n_shards: int, out: Path, threads: int = 1, save_every: int = 20) -> Path:
+def run_shard(
+    per_kind: int, shard: int, n_shards: int, out: Path, threads: int = 1, save_every: int = 20, kinds=None
+) -> Path:
     """Answer this shard's questions under every setting not answered yet; returns the shard file.
 
     Args:
@@ -65,6 +69,7 @@ def run_shard(per_kind: int, shard: int, n_shards: int, out: Path, threads: int 
         out: folder of the shard files.
         threads: llama.cpp threads (1 per process: one process per core).
         save_every: write the shard file after this many questions.
+        kinds: question kinds to sample (None = all).
 
     Returns:
         The shard file path.
@@ -82,7 +87,7 @@ def run_shard(per_kind: int, shard: int, n_shards: int, out: Path, threads: int 
     rows, t0 = [], time.perf_counter()
     with load_gguf(threads) as model:
         todo = settings(model.info.n_layer)
-        mine = sample(per_kind)[shard::n_shards]
+        mine = sample(per_kind, kinds)[shard::n_shards]
         for i, qi in enumerate(mine):
             q = questions[qi]
             row = previous.get(qi, {"q": qi, "kind": q["kind"], "label": q["answer"], "answers": {}})
@@ -93,7 +98,7 @@ def run_shard(per_kind: int, shard: int, n_shards: int, out: Path, threads: int 
                 image = image or test_image(q["image"])
                 try:
                     row["answers"][s.name] = _answer(model, s, qi, q["question"], image)
-                except (ValueError, TypeError, AttributeError, FastVEdgeError) as e:
+                except (ValueError, TypeError, FastVEdgeError) as e:
                     skipped[s.name] = f"{type(e).__name__}: {e}"
             rows.append(row)
             if (i + 1) % save_every == 0:
@@ -105,6 +110,7 @@ def run_shard(per_kind: int, shard: int, n_shards: int, out: Path, threads: int 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-kind", type=int, default=PER_KIND, help="test questions per kind in the sample")
+    parser.add_argument("--kinds", nargs="+", help="only these question kinds (default: all six)")
     parser.add_argument("--shard", default="0/1", help="I/N: this process answers every N-th question from I")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder of the shard files")
     parser.add_argument("-t", "--threads", type=int, default=1)
@@ -117,7 +123,8 @@ def main(argv=None) -> int:
     i, n = (int(v) for v in args.shard.split("/"))
     if not 0 <= i < n:
         parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard}")
-    print(run_shard(args.per_kind, i, n, args.out, args.threads))
+    kinds = tuple(args.kinds) if args.kinds else None
+    print(run_shard(args.per_kind, i, n, args.out, args.threads, kinds=kinds))
     return 0
 
 
