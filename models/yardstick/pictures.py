@@ -24,7 +24,8 @@ GRID = 16  # 256 image tokens = 16 x 16 patches, row-major
 
 
 def pick_questions(questions: list[dict], scenes: list[dict], p: dict) -> list[int]:
-    """The first test question of each kind in KINDS whose named objects are all small (glyphs count as small)."""
+    """The first test question of each kind in KINDS whose named objects are all small (glyphs count as small),
+    each on a picture of its own."""
     from .scenes import side
 
     def small(qa: dict) -> bool:
@@ -34,7 +35,13 @@ def pick_questions(questions: list[dict], scenes: list[dict], p: dict) -> list[i
         named = named or [o for o in scene["objects"] if o.get("shape") in words]
         return bool(named) and all(side(o) <= max(p["small_side"][1], 7 * p["glyph_scale"]) for o in named)
 
-    return [next(i for i, qa in enumerate(questions) if qa["kind"] == kind and small(qa)) for kind in KINDS]
+    chosen: list[int] = []
+    for kind in KINDS:  # one picture per question, so the columns show four different scenes
+        used = {questions[c]["image"] for c in chosen}
+        chosen.append(
+            next(i for i, qa in enumerate(questions) if qa["kind"] == kind and qa["image"] not in used and small(qa))
+        )
+    return chosen
 
 
 def kept_mask(stats, grid: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 N_BOOT = 2000
 PLOT_NAME = "yardstick-accuracy.png"
 KINDS_PLOT_NAME = "yardstick-accuracy-kinds.png"
+KINDS = ("attribute", "count", "exist", "spatial", "glyph", "size")  # the generator's order, for the tables
 
 
 def load_shards(out: Path) -> tuple[list[dict], list[dict], dict[str, str]]:
@@ -45,7 +46,9 @@ def summarize(rows: list[dict], meta: list[dict], skipped: dict[str, str]) -> di
     }
     hits = np.array([[r["answers"][m["name"]] == r["label"] for r in rows] for m in complete])  # (n_set, n_q)
     boots = bootstrap(hits)
-    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    kinds = sorted(
+        dict.fromkeys(r["kind"] for r in rows), key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k)
+    )
     kind_of = np.array([r["kind"] for r in rows])
     names = [m["name"] for m in complete]
     stock = names.index("stock") if "stock" in names else None
@@ -145,12 +148,17 @@ def plot(result: dict, path: Path, kinds: bool = False) -> None:
             else:
                 ci = np.array([st[by_keep[k]]["ci95"] for k in keeps]).T  # (2, n_keeps)
                 err = np.abs(ci - np.array(acc)[None, :])
-                ax.errorbar(keeps, acc, yerr=err, fmt=style, marker="o", ms=4, capsize=3, color=f"C{i}", label=family)
+                x = np.array(keeps) * 1.025 ** (i - (len(fam) - 1) / 2)  # side by side, so the bars stay readable
+                ax.errorbar(x, acc, yerr=err, fmt=style, marker="o", ms=4, capsize=2, color=f"C{i}", label=family)
         if "stock" in st:
-            ax.axhline(_acc(st["stock"], panel), color="k", ls=":", lw=1, label="stock (256)")
+            ax.axhline(_acc(st["stock"], panel), color="k", ls=":", lw=1, label="stock (all 256)")
         ax.set_xscale("log")
-        ax.set_xticks([14, 28, 57, 85, 256], labels=["14", "28", "57", "85", "256"])
+        ax.minorticks_off()
+        budgets = sorted({k for by_keep in fam.values() for k in by_keep})
+        ax.set_xticks(budgets, labels=[str(b) for b in budgets])
         ax.set_title("all questions" if panel == "all" else panel, fontsize=9)
+        if kinds:
+            ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("image tokens kept (of 256)")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
