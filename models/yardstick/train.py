@@ -67,6 +67,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--stop-after-minutes", type=float, default=0.0, help="checkpoint and exit (0 = never)")
+    ap.add_argument(
+        "--stop-at-step", type=int, default=0, help="checkpoint and exit at this stage-2 step (0 = never; see README)"
+    )
     # 1 thread: on the shared 2-core machine under nice, 2 threads measured 3-4x slower per step
     # (and 4x the CPU time): they spin waiting for each other while other jobs hold a core
     ap.add_argument("--threads", type=int, default=1)
@@ -318,6 +321,10 @@ def run_stage(run: Run, state: dict, opt, batches: Batches, steps: int, step_fn,
         if a.stop_after_minutes and time.time() - started > 60 * a.stop_after_minutes and step < steps:
             checkpoint()
             run.log(f"stopping after {a.stop_after_minutes} min at stage {state['stage']} step {step} (--resume)")
+            return False
+        if state["stage"] == 2 and step == a.stop_at_step and step < steps:
+            checkpoint()
+            run.log(f"stopping at stage 2 step {step} (--stop-at-step; --resume continues)")
             return False
     return True
 
