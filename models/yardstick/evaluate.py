@@ -1,6 +1,6 @@
 """Greedy answers of the trained yardstick VLM in PyTorch, and its accuracy per question kind.
 
-    python -m models.yardstick.evaluate --weights /work/dev/yardstick/run [--split test] [--limit N]
+    python -m models.yardstick.evaluate --weights out/yardstick/run [--split test] [--limit N]
 
 Writes {split}_predictions.json (every answer) and {split}_accuracy.json next to the weights.
 Decoding is models.easyvqa.evaluate.greedy_answers: the same prefix-cached greedy loop, over the

@@ -1,6 +1,6 @@
 """Generate the yardstick data set: train / val / test splits of scenes, pictures and questions.
 
-    python -m models.yardstick.generator --out /work/dev/yardstick/data
+    python -m models.yardstick.generator --out out/yardstick/data
 
 Everything is a pure function of generator_params.json (seed included): image i of split s uses
 numpy default_rng([seed, s, i]) for its scene, its picture and its questions, so any single
@@ -26,7 +26,7 @@ from .scenes import render, sample_scene
 
 PARAMS_FILE = Path(__file__).with_name("generator_params.json")
 SPLITS = ("train", "val", "test")
-DEFAULT_DATA = Path("/work/dev/yardstick/data")
+DEFAULT_DATA = Path("out/yardstick/data")  # relative to the repository root; out/ is git-ignored
 
 
 @lru_cache(maxsize=4)

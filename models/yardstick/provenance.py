@@ -27,12 +27,11 @@ OUT = HERE / "provenance.json"
 # stage-2 schedule stopped at step 1,779, then continued with the cosine stretched to 4,000 steps
 # and its peak lowered so the learning rate carries on from where it was (1.8e-4).
 COMMANDS = [
-    "python -m models.yardstick.generator --out DATA",
-    "nice -n 19 python -m models.yardstick.train --data DATA --out RUN --stop-at-step 1779",
-    "nice -n 19 python -m models.yardstick.train --data DATA --out RUN --resume --steps 4000 --lr 3e-4 "
-    "--eval-every 200",
-    "python -m models.yardstick.evaluate --data DATA --weights RUN --split test",
-    "python -m models.yardstick.export --weights RUN --data DATA --reference 120",
+    "python -m models.yardstick.generator",
+    "nice -n 19 python -m models.yardstick.train --stop-at-step 1779",
+    "nice -n 19 python -m models.yardstick.train --resume --steps 4000 --lr 3e-4 --eval-every 200",
+    "python -m models.yardstick.evaluate --weights out/yardstick/run --split test",
+    "python -m models.yardstick.export --weights out/yardstick/run --reference 120",
 ]
 
 RECIPE = [

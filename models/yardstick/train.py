@@ -1,7 +1,7 @@
 """Train the yardstick VLM on CPU, resumably, and save numpy weights for the GGUF export.
 
-    nice -n 19 python -m models.yardstick.train --out /work/dev/yardstick/run          # fresh run
-    nice -n 19 python -m models.yardstick.train --out /work/dev/yardstick/run --resume # continue
+    nice -n 19 python -m models.yardstick.train --out out/yardstick/run          # fresh run
+    nice -n 19 python -m models.yardstick.train --out out/yardstick/run --resume # continue
 
 Stage 1 trains the ViT alone with per-patch heads (colour, category, letter, object centre of
 each patch; model.PatchHeads). Stage 2 trains the whole VLM on the answers, keeping the patch
@@ -33,7 +33,7 @@ from .evaluate import by_kind
 from .generator import DEFAULT_DATA, load_params, load_split
 from .questions import referents
 
-DEFAULT_RUN = Path("/work/dev/yardstick/run")
+DEFAULT_RUN = Path("out/yardstick/run")  # relative to the repository root; out/ is git-ignored
 
 
 def parse_args(argv=None):
