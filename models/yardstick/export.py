@@ -1,7 +1,7 @@
 """Export the trained yardstick VLM to the GGUF pair llama.cpp loads, and check it against PyTorch.
 
     python -m models.yardstick.export --weights out/yardstick/run              # write the GGUFs
-    python -m models.yardstick.export --weights out/yardstick/run --reference 120   # + PyTorch answers
+    python -m models.yardstick.export --weights out/yardstick/run --reference 300   # + PyTorch answers
     python -m models.yardstick.export --parity                                       # GGUF vs those answers
 
 The writers and conventions are models.easyvqa.export's (llama arch LM with SmolLM2's tokenizer,

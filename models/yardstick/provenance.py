@@ -31,7 +31,22 @@ COMMANDS = [
     "nice -n 19 python -m models.yardstick.train --stop-at-step 1779",
     "nice -n 19 python -m models.yardstick.train --resume --steps 4000 --lr 3e-4 --eval-every 200",
     "python -m models.yardstick.evaluate --weights out/yardstick/run --split test",
-    "python -m models.yardstick.export --weights out/yardstick/run --reference 120",
+    "python -m models.yardstick.export --weights out/yardstick/run --reference 300",
+]
+
+# What actually ran for the shipped files, in order (the commands above are its equivalent from a clone).
+HISTORY = [
+    "stage 1 ran once, fresh, in another run folder with the trainer of that day (its stage 2 was abandoned: one "
+    "grounding head group for both objects left spatial near chance); its stage-1 checkpoint was copied into "
+    "the shipped run folder. Today's trainer builds the stage-2-only heads after the stage-1 ones, so stage 1 "
+    "is meant to be the same; that was not re-verified by retraining stage 1",
+    "stage 2 with the defaults (--resume, 2,500-step schedule, lr 1e-3) ended after step 1,824; the run went "
+    "on from its step-1,779 checkpoint (its log says 'resumed at stage 2 step 1779'), the state that "
+    "--stop-at-step 1779 saves",
+    "--resume --steps 4000 --lr 3e-4 --eval-every 200 from step 1,779; interrupted once (the session ended) "
+    "after step 3,674 and resumed from its step-3,639 checkpoint with the same arguments to step 4,000; the "
+    "resumed run logged the same losses at steps 3,649 and 3,674 as the interrupted one (resume is exact)",
+    "CPU minutes count the kept trajectory only: work after the checkpoint a resume starts from is not counted",
 ]
 
 RECIPE = [
@@ -62,6 +77,11 @@ def val_history(log: Path) -> list[str]:
     return [by_step[k] for k in sorted(by_step)]
 
 
+def portable(args: dict) -> dict:
+    """The trainer's arguments without the machine's folders (--data and --out are paths of the run)."""
+    return {k: v for k, v in args.items() if k not in ("data", "out")}
+
+
 def record(weights: Path, threads: int = 1) -> dict:
     """The provenance dict (see the module docstring).
 
@@ -90,7 +110,8 @@ def record(weights: Path, threads: int = 1) -> dict:
         },
         "training": {
             "recipe": RECIPE,
-            "hyperparameters_of_the_last_command": summary["args"],
+            "history": HISTORY,
+            "hyperparameters_of_the_last_command": portable(summary["args"]),
             "stage_wall_seconds": summary["stage_seconds"],
             "training_cpu_minutes": summary["training_cpu_minutes"],
             "wall_note": "wall time on a shared 2-core machine at nice 19; CPU minutes are what the run used",
