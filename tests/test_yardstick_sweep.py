@@ -89,6 +89,11 @@ def test_summary_statistics_on_synthetic_answers():
     d, lo, hi = st["fastv K=2 keep=14"]["minus_random_k2"]
     assert lo < d < hi < 0 and abs(d + 0.2) < 0.05
     assert abs(st["fastv K=2 keep=14"]["share_of_stock"] - 0.6 / 0.95) < 0.05
+    lead = result["leaders"]["14"]
+    assert lead["ranking"][:2] == ["random K=2", "FastV K=2"] and "late" not in str(lead)
+    d, lo, hi = lead["best_minus_second"]
+    assert 0 < lo < d < hi and abs(d - 0.2) < 0.05
+    assert "minus_random_k0" not in st["fastv K=2 keep=14"]  # no random K=0 setting in this sweep
     assert bootstrap(np.ones((1, 10), dtype=bool)).min() == 1.0
 
 

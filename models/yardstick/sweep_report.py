@@ -63,20 +63,42 @@ def summarize(rows: list[dict], meta: list[dict], skipped: dict[str, str]) -> di
             "share_of_stock": float(hits[i].mean() / hits[stock].mean()) if stock is not None else None,
             "by_kind": {k: float(hits[i][kind_of == k].mean()) for k in kinds},
         }
-        ref = next((j for j, n in enumerate(complete) if n["family"] == "random K=2" and n["keep"] == m["keep"]), None)
-        if ref is not None and ref != i and m["family"] != "stock":
-            d = boots[i] - boots[ref]
-            out[m["name"]]["minus_random_k2"] = [float(hits[i].mean() - hits[ref].mean())] + [
-                float(v) for v in np.percentile(d, [2.5, 97.5])
-            ]
+        for family in ("random K=2", "random K=0"):  # in-LLM and pre-LLM chance at the same budget
+            ref = next((j for j, n in enumerate(complete) if n["family"] == family and n["keep"] == m["keep"]), None)
+            if ref is not None and ref != i and m["family"] != "stock":
+                key = "minus_" + family.replace(" K=", "_k")
+                out[m["name"]][key] = _paired(hits, boots, i, ref)
     return {
         "n": len(rows),
         "questions_per_kind": {k: int((kind_of == k).sum()) for k in kinds},
         "bootstrap_resamples": N_BOOT,
         "settings": out,
+        "leaders": _leaders(complete, hits, boots),
         "skipped": skipped,
         "incomplete": incomplete,
     }
+
+
+def _paired(hits: np.ndarray, boots: np.ndarray, i: int, j: int) -> list[float]:
+    """[accuracy of i minus j, 95% CI low, high] over the same bootstrap resamples."""
+    lo, hi = np.percentile(boots[i] - boots[j], [2.5, 97.5])
+    return [float(hits[i].mean() - hits[j].mean()), float(lo), float(hi)]
+
+
+def _leaders(complete: list[dict], hits: np.ndarray, boots: np.ndarray) -> dict[str, dict]:
+    """Per budget: the families from best to worst and the best minus the runner-up (paired 95% CI)."""
+    out = {}
+    for keep in sorted({m["keep"] for m in complete if m["family"] != "stock"}, reverse=True):
+        idx = sorted(
+            (i for i, m in enumerate(complete) if m["keep"] == keep and m["family"] != "stock"),
+            key=lambda i: -hits[i].mean(),
+        )
+        if len(idx) >= 2:
+            out[str(keep)] = {
+                "ranking": [complete[i]["family"] for i in idx],
+                "best_minus_second": _paired(hits, boots, idx[0], idx[1]),
+            }
+    return out
 
 
 def _families(result: dict) -> dict[str, dict[int, str]]:
@@ -114,6 +136,19 @@ def tables(result: dict) -> str:
             else "-"
         )
     )
+    lines += ["", "Minus random K=0 (random selection before the LLM) at the same budget:", "", head]
+    lines += grid(
+        lambda s: (
+            "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * v for v in s["minus_random_k0"]))
+            if "minus_random_k0" in s
+            else "-"
+        )
+    )
+    lines += ["", "Ranking per budget; best minus runner-up (accuracy points, paired 95% CI):", ""]
+    lines += ["| keep | ranking | best - second |", "|---|---|---|"]
+    for keep, lead in result.get("leaders", {}).items():
+        d = "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * v for v in lead["best_minus_second"]))
+        lines.append(f"| {keep} | " + " > ".join(lead["ranking"]) + f" | {d} |")
     kinds = list(result["questions_per_kind"])
     lines += ["", "Per question kind:", "", "| setting | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for name, s in st.items():
