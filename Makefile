@@ -4,7 +4,9 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 
-.PHONY: setup native demo test wheel-check lint patch-check native-info
+# sanitize and arm-check cost seconds when their cached builds and results still match the tree;
+# then the wheel check: the built wheel in a clean virtualenv outside the repository.
+test: setup sanitize arm-check
 
 # Virtualenv, the patched llama-cpp-python wheel (built once, then reused from the cache:
 # see "How the patch is applied and rebuilt"), then the package with its test extras.
@@ -27,13 +29,24 @@ demo: setup
 	$(VPY) -m fastv_edge.demo
 
 # setup has just built or installed the native library, so native tests must run, never skip.
-# Then the wheel check: the built wheel in a clean virtualenv outside the repository.
-test: setup
+# sanitize and arm-check cost seconds when their cached builds and results still match the tree;
+# then the wheel check: the built wheel in a clean virtualenv outside the repository.
+test: setup sanitize arm-check
 	FASTV_EDGE_REQUIRE_NATIVE=1 $(VPY) -m pytest -q
 	$(VPY) .ci/wheel_check.py
 
 wheel-check: setup
 	$(VPY) .ci/wheel_check.py
+
+# The patched llama.cpp built with -fsanitize=address,undefined (cached), and the native exactness,
+# misuse and chat tests run on it; a passing run is cached under a key over the tree.
+sanitize: setup
+	$(VPY) -m tools.sanitize
+
+# The patched llama.cpp cross-compiled for aarch64 (apt-gets the cross toolchain and qemu-user when
+# missing), a C driver run under qemu-aarch64 and compared with x86; qemu runs only when the key changes.
+arm-check: setup
+	$(VPY) -m tools.arm_check
 
 lint: $(VPY)
 	@$(VPY) -m ruff --version >/dev/null 2>&1 || $(VPY) -m pip install -q ruff

@@ -11,8 +11,8 @@ import sys
 from contextlib import closing
 from dataclasses import dataclass
 
-from .cli_args import Backend, load_from_args, sampling_from_args
-from .console import SlowSteps, error, format_stats
+from .cli_args import Backend, budget_family, load_from_args, sampling_from_args
+from .console import SlowSteps, StepLines, error, format_stats
 from .errors import FastVEdgeError
 from .images import load_image
 
@@ -77,7 +77,8 @@ class ChatLoop:
         context = f"[context {s.n_used}/{s.model.n_ctx} tokens]"
         if self.last is None:
             return f"[no answer yet] {context}"
-        return f"{format_stats(self.last, s.prune)}\n{self.totals.describe()} {context}"
+        prune = self.last.plan.prune_config() if self.last.plan is not None else s.prune
+        return f"{format_stats(self.last, prune, s.model.threads)}\n{self.totals.describe()} {context}"
 
     def command(self, line: str) -> bool:
         """Run a /command; returns False when the loop should end."""
@@ -140,20 +141,27 @@ def chat_loop(args, backend: Backend) -> int:
         The exit code (0).
     """
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # a line in another encoding becomes one error, not the end of the chat
+        sys.stdin.reconfigure(errors="surrogateescape")
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())
         except ImportError:  # Windows
             pass
     steps = SlowSteps(not args.quiet)
+    budget = args.ttft_budget
+    family = budget_family(args) if budget is not None else None
     with load_from_args(args, steps, backend) as model:
+        if budget is not None:
+            backend.calibration(model, StepLines(not args.quiet))
         session = backend.chat_session(
             model,
-            prune=model.prune,
+            prune=family if budget is not None else model.prune,
             sampling=sampling_from_args(args),
             system=args.system,
             max_tokens=args.n_predict,
             progress=steps,
+            ttft_budget=budget,
         )
         loop = ChatLoop(session)
         loop.pending = [load_image(p) for p in args.image]

@@ -7,12 +7,21 @@ Commands:
   pull     download a preset's model and mmproj into the Hugging Face cache
   presets  list the known model presets
   bench    speed, memory and fidelity of FastV vs stock across budgets and quantizations
+  calibrate  measure this machine's time-to-first-token costs of a model pair (for --ttft-budget)
+  cache    the image-embedding cache: `cache info`, `cache clear`
+  quantize-mmproj  quantize a vision projector (llama.cpp's quantizer); size, encode time, cosine
 
 Flags mirror llama-mtmd-cli where they overlap (-m, --mmproj, --image, -p, -n, -t, -c, --temp,
---seed). Pruning: -k K (layers that see every image token), -r R (share of image tokens
-dropped) or --keep N (image tokens kept), --strategy fastv|random|none.
-Architectures FastV does not support are refused with an error; use --strategy none to run
-them on the stock llama.cpp path. Errors print one line and exit 1 (--debug: traceback).
+--seed). Pruning: --strategy fastv|random|divprune|dart|cdpruner|none, -k K (layers that see
+every image token; -k 0 selects before the LLM), -r R (share of image tokens dropped) or
+--keep N (image tokens kept), --pre STRATEGY:BUDGET (a first stage before the LLM, then FastV).
+FastV (-k >= 1) is refused on architectures the patch does not hook; selection before the LLM
+(divprune, dart, cdpruner, random with -k 0) runs on every model mtmd can encode, and --strategy
+none runs stock llama.cpp. Image tokens: --image-max-tokens N caps them on dynamic-resolution
+projectors (Qwen2/2.5/3-VL); an image seen before comes from the embedding cache (--no-cache:
+encode every time). --ttft-budget SECONDS lets the planner pick the cap, strategy and keep count
+that keep the most image tokens within that time to first token, from this machine's
+calibration (`fastv-edge calibrate`). Errors print one line and exit 1 (--debug: traceback).
 """
 
 from __future__ import annotations
@@ -29,11 +38,13 @@ from .cli_args import (
     add_model_args,
     add_output_args,
     add_prune_args,
+    budget_family,
     load_from_args,
     native_backend,
+    runtime_from_args,
     sampling_from_args,
 )
-from .console import SlowSteps, error, format_stats
+from .console import SlowSteps, StepLines, error, format_plan, format_stats, read_stdin
 from .errors import FastVEdgeError
 
 
@@ -77,39 +88,73 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    cal = sub.add_parser(
+        "calibrate", help="measure this machine's time-to-first-token costs of a model pair (for --ttft-budget)"
+    )
+    add_model_args(cal)
+    cal.add_argument("--force", action="store_true", help="measure again even when a calibration is stored")
+    add_output_args(cal)
+    cache = sub.add_parser("cache", help="the image-embedding cache on disk: info or clear")
+    cache.add_argument("action", choices=("info", "clear"))
+    cache.add_argument("--dir", help="the cache folder (default: $FASTV_EDGE_EMBEDDING_CACHE or the user cache)")
+    add_output_args(cache)
+    _add_quantize_parser(sub)
     return parser
+
+
+def _add_quantize_parser(sub) -> None:
+    from .quantize_mmproj import MMPROJ_TYPES
+
+    qm = sub.add_parser(
+        "quantize-mmproj",
+        help="quantize a vision projector with llama.cpp's quantizer; print size, encode time and cosine",
+    )
+    qm.add_argument("input", help="mmproj GGUF (F16/F32; a quantized one is requantized)")
+    qm.add_argument("output", help="the quantized mmproj to write")
+    qm.add_argument("--type", required=True, choices=list(MMPROJ_TYPES), help="weight type of the 2-D weights")
+    qm.add_argument("--image", help="photo to measure on (default: scikit-image's astronaut, 512 x 512)")
+    qm.add_argument("-t", "--threads", type=int, default=1, help="quantizer and encoder threads (default 1)")
+    qm.add_argument("--reps", type=int, default=3, help="timed encodes of each projector, alternating (default 3)")
+    qm.add_argument("--no-measure", action="store_true", help="only quantize: no encode time or cosine")
+    qm.add_argument("--verbose", action="store_true", help="show llama.cpp's and mtmd's log")
+    add_output_args(qm)
 
 
 def cmd_run(args, backend: Backend) -> int:
     steps = SlowSteps(not args.quiet and not args.json)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin("the prompt read from stdin") if args.prompt == "-" else args.prompt
+    family = budget_family(args) if args.ttft_budget is not None else None
     with load_from_args(args, steps, backend) as model:
+        if args.ttft_budget is not None:
+            backend.calibration(model, StepLines(not args.quiet and not args.json))
         last, text = None, []
         for r in backend.stream_generate(
             model,
             prompt,
             args.image,
-            prune=model.prune,
+            prune=family if args.ttft_budget is not None else model.prune,
             max_tokens=args.n_predict,
             sampling=sampling_from_args(args),
             system=args.system,
             progress=steps,
             apply_template=not args.raw,
+            ttft_budget=args.ttft_budget,
         ):
+            if last is None and r.plan is not None and not args.quiet and not args.json:
+                print(format_plan(r.plan), file=sys.stderr, flush=True)
             last = r
             text.append(r.text)
             if not args.json:
                 print(r.text, end="", flush=True)
+        threads = model.threads
+        prune = last.plan.prune_config() if last.plan is not None else model.prune
         if args.json:
-            print(
-                json.dumps(
-                    {"text": "".join(text), **last.summary(), "n_ctx": model.n_ctx, "prune": asdict(model.prune)}
-                )
-            )
+            record = {"text": "".join(text), **last.summary(), "n_ctx": model.n_ctx, "prune": asdict(prune)}
+            print(json.dumps({**record, "threads": asdict(threads)}))
         else:
             print()
             if not args.quiet:
-                print(format_stats(last, model.prune), file=sys.stderr)
+                print(format_stats(last, prune, threads), file=sys.stderr)
     return 0
 
 
@@ -157,6 +202,87 @@ def cmd_bench(args, backend: Backend) -> int:
     return run(args)
 
 
+def cmd_calibrate(args, backend: Backend) -> int:
+    from .calibrate import calibrate, summary_lines
+    from .calibration_store import calibration_path, load_calibration, save_calibration
+    from .config import PruneConfig
+
+    steps = StepLines(not args.quiet and not args.json)
+    with steps(f"loading {args.model}"):
+        model = backend.load(
+            args.model,
+            args.mmproj,
+            runtime=runtime_from_args(args),
+            prune=PruneConfig(strategy="none"),
+            template=args.chat_template,
+        )
+    with model:
+        cost = None if args.force else load_calibration(model)
+        reused = cost is not None
+        if cost is None:
+            cost = calibrate(model, steps)
+            path = save_calibration(model, cost)
+        else:
+            path = calibration_path(model)
+    if args.json:
+        print(json.dumps({"path": str(path), "reused": reused, "cost_model": cost.to_dict()}))
+        return 0
+    print("\n".join(summary_lines(cost)))
+    print(
+        f"{'already calibrated, reused' if reused else 'stored in'}: {path}"
+        + (" (--force measures again)" if reused else "")
+    )
+    return 0
+
+
+def cmd_cache(args, backend: Backend) -> int:
+    from .embedding_cache import cache_dir, max_disk_bytes
+    from .embedding_store import DiskStore
+
+    store = DiskStore(cache_dir(args.dir), max_disk_bytes())
+    if args.action == "clear":
+        n, freed = store.clear()
+        result = {"dir": str(store.root), "entries_deleted": n, "bytes_freed": freed}
+        text = f"deleted {n} entries ({freed / 2**20:.1f} MiB) from {store.root}"
+    else:
+        result = store.info()
+        text = (
+            f"{result['dir']}: {result['entries']} entries, {result['bytes'] / 2**20:.1f} MiB "
+            f"of {result['max_bytes'] / 2**20:.0f} MiB (least recently used are evicted beyond)"
+        )
+    print(json.dumps(result) if args.json else text)
+    return 0
+
+
+def cmd_quantize_mmproj(args, backend: Backend) -> int:
+    from .images import load_image
+    from .quantize_mmproj import run
+
+    image = load_image(args.image) if args.image else None
+    measure = not args.no_measure
+    if measure and image is None:
+        try:
+            import skimage  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "pass --image PHOTO (or pip install scikit-image for the default photo, or --no-measure)"
+            ) from None
+    steps = SlowSteps(not args.quiet and not args.json)
+    with steps(f"quantizing {args.input} to {args.type}" + (" and measuring" if measure else "")):
+        report = run(
+            args.input,
+            args.output,
+            args.type,
+            image=image,
+            n_threads=args.threads,
+            reps=args.reps,
+            measure_it=measure,
+            verbose=args.verbose,
+        )
+    print(json.dumps(report.to_dict()) if args.json else "\n".join(report.lines()))
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "chat": cmd_chat,
@@ -164,8 +290,11 @@ COMMANDS = {
     "pull": cmd_pull,
     "presets": cmd_presets,
     "bench": cmd_bench,
+    "cache": cmd_cache,
+    "calibrate": cmd_calibrate,
+    "quantize-mmproj": cmd_quantize_mmproj,
 }
-NATIVE_COMMANDS = ("run", "chat")  # the others load llama_cpp themselves when they need it
+NATIVE_COMMANDS = ("run", "chat", "calibrate")  # the others load llama_cpp themselves when they need it
 
 
 def main(argv: list[str] | None = None, *, backend: Backend | None = None) -> int:

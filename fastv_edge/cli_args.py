@@ -8,6 +8,7 @@ call to load and generate: the native one, or a fake in the tests.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,13 +27,36 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "-t",
         "--threads",
         type=int,
-        help="CPU threads, prompt and decode (default: half the cores to decode, all for the prompt)",
+        help="CPU threads of decode, prompt (batch) and the vision encoder alike (default: the physical cores)",
     )
     p.add_argument("-b", "--batch-size", type=int, default=512, help="logical batch size (default 512)")
     p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch size (default 512)")
     p.add_argument("-fa", "--flash-attn", action="store_true", help="use flash attention")
     p.add_argument("--chat-template", help="chat template name (see fastv_edge/data/templates) or .jinja file")
+    add_image_token_args(p)
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="encode every image: neither read nor write the image-embedding cache (see `fastv-edge cache info`)",
+    )
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def add_image_token_args(p: argparse.ArgumentParser) -> None:
+    """--image-max-tokens and --image-min-tokens (run, chat and bench)."""
+    p.add_argument(
+        "--image-max-tokens",
+        type=int,
+        metavar="N",
+        help="at most N tokens per image: mtmd downscales larger images (dynamic-resolution projectors such as "
+        "Qwen2/2.5/3-VL; fixed-resolution ones like LLaVA-1.5 and Gemma 3 ignore it, with a warning)",
+    )
+    p.add_argument(
+        "--image-min-tokens",
+        type=int,
+        metavar="N",
+        help="at least N tokens per image: mtmd upscales smaller images (dynamic-resolution projectors only)",
+    )
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -58,9 +82,9 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strategy",
         choices=STRATEGIES,
-        default="fastv",
         help="fastv (default: attention at layer K-1), divprune | dart | cdpruner (from the image embeddings, "
-        "before the LLM), random (seeded baseline, before the LLM with -k 0), none (stock llama.cpp)",
+        "before the LLM), random (seeded baseline, before the LLM with -k 0), none (stock llama.cpp); "
+        "with --ttft-budget the one strategy the plan may use (default: the planner chooses)",
     )
     p.add_argument(
         "--pre",
@@ -73,6 +97,20 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="cdpruner's theta in [0, 1): weight of relevance to the prompt against diversity (default 0.5)",
+    )
+    add_budget_arg(p)
+
+
+def add_budget_arg(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
+    """--ttft-budget SECONDS (run, chat; bench takes several)."""
+    p.add_argument(
+        "--ttft-budget",
+        type=float,
+        metavar="SECONDS",
+        action="append" if repeatable else "store",
+        help="time to first token to plan for: the image-token cap, strategy and keep count that keep the most "
+        "image tokens within it, from this machine's calibration (`fastv-edge calibrate`; measured first when "
+        "missing)" + (" (repeatable)" if repeatable else ""),
     )
 
 
@@ -90,11 +128,28 @@ def prune_from_args(args) -> PruneConfig:
         layer=args.layer,  # None: the strategy's default
         drop_ratio=args.drop_ratio,
         keep=args.keep,
-        strategy=args.strategy,
+        strategy=args.strategy or ("none" if getattr(args, "ttft_budget", None) and not args.pre else "fastv"),
         seed=args.seed,
         pre=getattr(args, "pre", None),
         relevance_weight=getattr(args, "relevance_weight", 0.5),
     )
+
+
+def budget_family(args) -> PruneConfig | None:
+    """With --ttft-budget: the strategy the planner may use (None: its own choice).
+
+    Raises:
+        ValueError: -r or --keep with --ttft-budget (the planner chooses the keep count).
+    """
+    given = [flag for flag, value in (("-r", args.drop_ratio), ("--keep", args.keep)) if value is not None]
+    if given:
+        raise ValueError(
+            f"{' and '.join(given)} with --ttft-budget: the planner chooses how many image tokens to keep; "
+            "drop one or the other (--strategy, -k and --pre still narrow the plan)"
+        )
+    if args.strategy is None and getattr(args, "pre", None) is None:
+        return None
+    return prune_from_args(args)
 
 
 def ignored_prune_flags(args) -> list[str]:
@@ -106,7 +161,7 @@ def ignored_prune_flags(args) -> list[str]:
 
 
 def runtime_from_args(args) -> RuntimeConfig:
-    """RuntimeConfig from -c/-t/-b/-ub/-fa/--verbose."""
+    """RuntimeConfig from -c/-t/-b/-ub/-fa/--verbose/--image-min-tokens/--image-max-tokens/--no-cache."""
     return RuntimeConfig(
         n_ctx=args.ctx_size,
         n_threads=args.threads,
@@ -114,6 +169,9 @@ def runtime_from_args(args) -> RuntimeConfig:
         n_ubatch=args.ubatch_size,
         flash_attn=args.flash_attn,
         verbose=args.verbose,
+        image_min_tokens=getattr(args, "image_min_tokens", None),
+        image_max_tokens=getattr(args, "image_max_tokens", None),
+        embedding_cache=not getattr(args, "no_cache", False),
     )
 
 
@@ -125,11 +183,27 @@ def sampling_from_args(args) -> SamplingConfig:
 @dataclass(frozen=True)
 class Backend:
     """What the commands call: load(model, mmproj, runtime=, prune=, template=) -> Model,
-    stream_generate(model, prompt, images, **kw) -> responses, chat_session(model, **kw)."""
+    stream_generate(model, prompt, images, **kw) -> responses, chat_session(model, **kw),
+    calibration(model, progress) -> the stored (or just measured) cost model."""
 
     load: Callable
     stream_generate: Callable
     chat_session: Callable
+    calibration: Callable
+
+
+def calibration_announced(model, progress):
+    """budget.ensure_calibration, saying first that a missing calibration is measured now (and how long it takes)."""
+    from .budget import ensure_calibration
+    from .calibration_store import load_calibration
+    from .console import note
+
+    if load_calibration(model) is None:
+        note(
+            f"no calibration of this model with {model.runtime.threads} thread(s) on this machine yet: measuring it "
+            "first (about a minute on a 2-7B model; `fastv-edge calibrate` does it ahead of time)"
+        )
+    return ensure_calibration(model, progress)[0]
 
 
 def native_backend() -> Backend:
@@ -155,7 +229,9 @@ def native_backend() -> Backend:
         raise PatchMissingError(
             f"llama-cpp-python's library does not load ({e}); rebuild it: {install_command()}"
         ) from e
-    return Backend(load=load, stream_generate=stream_generate, chat_session=ChatSession)
+    return Backend(
+        load=load, stream_generate=stream_generate, chat_session=ChatSession, calibration=calibration_announced
+    )
 
 
 def load_from_args(args, steps, backend: Backend):
@@ -176,10 +252,12 @@ def load_from_args(args, steps, backend: Backend):
     ignored = ignored_prune_flags(args)
     if ignored and not args.quiet:
         warn(f"{' and '.join(ignored)} ignored: --strategy none runs stock llama.cpp, which prunes nothing")
-    with steps(f"loading {args.model}"):
-        model = backend.load(
-            args.model, args.mmproj, runtime=runtime_from_args(args), prune=prune, template=args.chat_template
-        )
+    runtime = runtime_from_args(args)
+    with steps(f"loading {args.model}"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # e.g. an image-token cap the projector ignores: one line, not a traceback
+        model = backend.load(args.model, args.mmproj, runtime=runtime, prune=prune, template=args.chat_template)
+    for w in caught if not args.quiet else ():
+        warn(str(w.message))  # one line, like every other message of the CLI
     if model.n_ctx != args.ctx_size and not args.quiet:
         warn(f"llama.cpp rounded the context size -c {args.ctx_size} to {model.n_ctx} tokens")
     return model

@@ -3,7 +3,8 @@
 PruneConfig  - which image tokens the LLM sees: FastV (arXiv 2403.06764) at layer K, a
                selection from the image embeddings before the LLM (DivPrune, DART, CDPruner,
                random), or both in two stages (PreSelect then FastV).
-RuntimeConfig - the llama.cpp context: n_ctx, threads, batch sizes, flash attention.
+RuntimeConfig - the llama.cpp context: n_ctx, threads, batch sizes, flash attention; mtmd's
+               image-token limits and the image-embedding cache.
 SamplingConfig - how the next token is chosen.
 
 Each class checks its own fields in __post_init__ and raises ValueError with the value.
@@ -12,6 +13,7 @@ Checks that need the model (K < n_layer, keep <= N) live in `check_layer` / the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 STRATEGIES = ("fastv", "random", "divprune", "dart", "cdpruner", "none")
@@ -21,6 +23,10 @@ DEFAULT_DROP_RATIO = 0.5
 DEFAULT_LAYER = 2  # FastV's K=2
 DEFAULT_RELEVANCE_WEIGHT = 0.5  # CDPruner's theta (OpenVINO GenAI's default)
 PRE_PARSE_KEYS = ("keep", "r", "seed", "theta")
+THREADS_PER_CORE = 4  # a thread count above this many per core is a typo, not a setting
+GGML_MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS: its thread pool aborts above it
+MAX_CONTEXT = 2**31 - 256  # n_ctx / n_batch / n_ubatch: llama.cpp's uint32 padding must not wrap
+MAX_SEED = 2**32 - 2  # llama.cpp's seeds are uint32, and 2**32 - 1 (LLAMA_DEFAULT_SEED) means "random"
 
 
 def _is_int(value) -> bool:
@@ -250,7 +256,11 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """llama.cpp context settings (names follow llama-cpp-python's Llama arguments)."""
+    """llama.cpp context settings (names follow llama-cpp-python's Llama arguments).
+
+    llama.cpp rounds n_ctx up to a multiple of 256 (at least 256): Model.n_ctx is the size the
+    context got. load() warns when n_ctx exceeds the model's training context.
+    """
 
     n_ctx: int = 4096
     n_threads: int | None = None  # decode, prefill (batch) and vision-encoder threads; None: default_threads()
@@ -259,16 +269,32 @@ class RuntimeConfig:
     flash_attn: bool = False
     n_gpu_layers: int = 0
     verbose: bool = False
+    # mtmd's bounds on the tokens of one image (dynamic-resolution projectors resize the image to
+    # fit; fixed-resolution ones ignore them, see Model.image_tokens_honoured); None: the projector's own
+    image_min_tokens: int | None = None
+    image_max_tokens: int | None = None
+    embedding_cache: bool = True  # reuse an image's embeddings: per model in memory and on disk (embedding_cache.py)
+    embedding_cache_dir: str | None = None  # None: $FASTV_EDGE_EMBEDDING_CACHE, else ~/.cache/fastv-edge/embeddings
 
     def __post_init__(self):
         for name in ("n_ctx", "n_batch", "n_ubatch"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if not _is_int(value) or not 1 <= value <= MAX_CONTEXT:
+                # llama.cpp keeps them in uint32 and pads n_ctx up to a multiple of 256: larger values wrap
+                raise ValueError(f"{name} must be an integer in [1, {MAX_CONTEXT}], got {value!r}")
         if self.n_threads is not None and (not _is_int(self.n_threads) or self.n_threads < 1):
             raise ValueError(f"n_threads must be an integer >= 1 or None, got {self.n_threads!r}")
+        if self.n_threads is not None and self.n_threads > max_threads():
+            raise ValueError(
+                f"n_threads={self.n_threads} is more than {max_threads()} ({THREADS_PER_CORE} per CPU core of this "
+                f"machine, at most ggml's {GGML_MAX_THREADS}): ggml's threads spin at barriers, so threads beyond the "
+                f"cores only slow it down, and each one costs memory; use at most {default_threads()} (-t)"
+            )
         if not _is_int(self.n_gpu_layers):
             raise ValueError(f"n_gpu_layers must be an integer, got {self.n_gpu_layers!r}")
+        check_image_tokens(self.image_min_tokens, self.image_max_tokens)
+        if not isinstance(self.embedding_cache, bool):
+            raise ValueError(f"embedding_cache must be True or False, got {self.embedding_cache!r}")
 
     @property
     def threads(self) -> int:
@@ -276,13 +302,41 @@ class RuntimeConfig:
         return self.n_threads if self.n_threads is not None else default_threads()
 
 
+def max_threads() -> int:
+    """The largest thread count accepted: THREADS_PER_CORE per CPU core, at most GGML_MAX_THREADS."""
+    import os
+
+    return min(THREADS_PER_CORE * (os.cpu_count() or 1), GGML_MAX_THREADS)
+
+
+MAX_IMAGE_TOKENS = 16384  # above any projector's default (Qwen-VL: 4096); more would exhaust memory in the ViT
+
+
+def check_image_tokens(min_tokens: int | None, max_tokens: int | None) -> None:
+    """Raise ValueError unless each limit is None or an integer in [1, MAX_IMAGE_TOKENS] and min <= max.
+
+    Args:
+        min_tokens: image_min_tokens (mtmd upscales smaller images to it).
+        max_tokens: image_max_tokens (mtmd downscales larger images to it).
+    """
+    for name, value in (("image_min_tokens", min_tokens), ("image_max_tokens", max_tokens)):
+        if value is not None and (not _is_int(value) or not 1 <= value <= MAX_IMAGE_TOKENS):
+            raise ValueError(f"{name} must be an integer in [1, {MAX_IMAGE_TOKENS}] or None, got {value!r}")
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        raise ValueError(f"image_min_tokens={min_tokens} is above image_max_tokens={max_tokens}; give min <= max")
+
+
 def default_threads() -> int:
     """Physical cores this process may use (ggml's threads spin at barriers, so never more)."""
     import os
 
-    import psutil
+    try:  # optional: not a declared dependency
+        import psutil
 
-    physical = psutil.cpu_count(logical=False) or max(1, (os.cpu_count() or 2) // 2)
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        physical = None
+    physical = physical or max(1, (os.cpu_count() or 2) // 2)
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -302,9 +356,13 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.temp, bool) or not isinstance(self.temp, (int, float)) or self.temp < 0:
+        for name in ("temp", "top_p", "min_p", "repeat_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.temp < 0:
             raise ValueError(f"temp must be >= 0, got {self.temp!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not _is_int(self.top_k) or not 0 <= self.top_k <= 2**31 - 1:
             raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
         for name in ("top_p", "min_p"):
             value = getattr(self, name)
@@ -312,5 +370,8 @@ class SamplingConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         if self.repeat_penalty <= 0:
             raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(
+                f"seed must be an integer in [0, {MAX_SEED}] (llama.cpp's seeds are 32-bit, and {MAX_SEED + 1} "
+                f"means a random seed), got {self.seed!r}"
+            )

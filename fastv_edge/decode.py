@@ -4,7 +4,7 @@
 subset of an image's rows: each row goes in at the position(s) mtmd gives it, M-RoPE rows with
 their four sections (section-major in the batch, as mtmd's decode_embd_batch writes them), a
 non-causal image with causal attention off for the whole block, restored on every path.
-With every row kept it decodes exactly what mtmd's helper decodes (tests/test_rows.py).
+With every row kept it decodes exactly what mtmd's helper decodes (tests/test_preselect_rows.py).
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ def decode_rows(ctx, rows: np.ndarray, positions: np.ndarray, *, non_causal: boo
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)  # (n, n_embd_inp)
     n, n_embd = rows.shape
+    # llama_decode reads n_embd_inp floats per row whatever the batch holds (llama_batch_compat::init):
+    # a narrower row (qwen3vl's n_embd without its deepstack slices) would be read past its end
+    n_embd_inp = llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(ctx))
+    if n_embd != n_embd_inp:
+        raise ValueError(f"image rows are {n_embd} floats wide but this model takes {n_embd_inp} (n_embd_inp)")
     if positions.shape[1] != n:
         raise ValueError(f"{n} rows but positions for {positions.shape[1]}")
     if n == 0:

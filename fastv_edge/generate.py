@@ -16,6 +16,7 @@ import ctypes
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +26,13 @@ from llama_cpp._internals import LlamaSampler
 from .config import PruneConfig, SamplingConfig
 from .decode import TokenBatch
 from .flops import flops_ratio
-from .images import RGBImage, load_image
-from .model import Model
+from .image_grid import check_images
+from .images import RGBImage, load_images
+from .model import Model, check_supported
 from .prefill import Progress, check_fits, no_progress, prefill
 from .prompt import Prompt, tokenize
 from .response import GenerationResponse, PrefillStats
-from .templates import render, user_message
+from .templates import render, template_label, user_message
 
 ImageInput = str | os.PathLike | bytes | RGBImage
 
@@ -41,7 +43,9 @@ class PromptCache:
 
     make_prompt_cache(model) gives an empty one; each stream_generate(..., cache=c) appends its
     prompt and answer. A model's context holds one conversation at a time: a request with
-    another cache (or none) takes the context over, and continuing this one then raises.
+    another cache (or none) takes the context over, and continuing this one then raises
+    (ChatSession handles that by prefilling its conversation again), as does resuming an
+    answer's stream after another request ran in between.
     """
 
     n_past: int = 0  # next position
@@ -58,9 +62,14 @@ def make_prompt_cache(model: Model) -> PromptCache:
     return PromptCache()
 
 
+def owns_context(model: Model, cache: PromptCache) -> bool:
+    """True when `cache` is the conversation in the model's context (the last request's)."""
+    return getattr(model, "_cache_owner", None) is cache
+
+
 def check_cache(model: Model, cache: PromptCache) -> None:
     """Raise ValueError when `cache` holds a conversation whose cells another request replaced."""
-    if not cache.empty and getattr(model, "_cache_owner", None) is not cache:
+    if not cache.empty and not owns_context(model, cache):
         raise ValueError(
             "this conversation's KV cache was replaced by another request on the same model; "
             "start it over (ChatSession.reset()) or give each conversation its own model"
@@ -74,6 +83,26 @@ def _claim(model: Model, cache: PromptCache) -> None:
         model.llm.reset()
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(model.ctx), True)
     model._cache_owner = cache
+
+
+def check_text(text: str | None, what: str) -> None:
+    """Raise ValueError when `text` cannot be encoded as UTF-8, naming what it is and where.
+
+    Python keeps undecodable input bytes as lone surrogates (a command-line argument in another
+    encoding, JSON's "\\ud800"); the tokenizer's encode then failed with 'surrogates not allowed'.
+    """
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = ord(text[e.start])
+        byte = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"a lone surrogate U+{char:04X}"
+        raise ValueError(
+            f"{what} is not valid UTF-8 text: {byte} at character {e.start} (is the input in another encoding?)"
+        ) from None
 
 
 def token_piece(vocab, token: int, special: bool = False) -> bytes:
@@ -131,22 +160,28 @@ def generate_step(model: Model, cache: PromptCache, sampler: LlamaSampler, batch
         yield token
         if cache.n_used >= model.n_ctx:
             return
+        if not owns_context(model, cache):  # while the caller held the token: its cells are another's now
+            raise ValueError(
+                "another request on the same model ran while this answer was streaming and took its context; "
+                "finish one stream before starting the next (a ChatSession then prefills its conversation again)"
+            )
         cache.n_past = batch.decode(model.ctx, [token], cache.n_past, logits_last=True)
         cache.n_used += 1
         cache.decoded.append(token)
 
 
 def _flops_ratio(model: Model, stats: PrefillStats) -> float:
-    if not stats.pruned:
+    if stats.n_kept == stats.n_image_tokens:
         return 1.0
     return flops_ratio(
         stats.n_prompt_tokens,
         stats.n_image_tokens,
         stats.n_kept,
         n_layer=model.info.n_layer,
-        layer=stats.layer,
+        layer=stats.layer,  # 0 when only a pre-LLM selection ran
         n_embd=model.info.n_embd,
         n_ff=model.info.n_ff or 4 * model.info.n_embd,  # GGUFs without the key: the usual 4d
+        n_entered=stats.n_cells,  # text + the image rows that entered the LLM
     )
 
 
@@ -160,6 +195,7 @@ def _respond(
     sampling: SamplingConfig,
     progress: Progress,
     t_start: float,
+    plan=None,
 ) -> Iterator[GenerationResponse]:
     check_fits(prompt, prune, cache.n_used, model.n_ctx)
     vocab = llama_cpp.llama_model_get_vocab(model.llm.model)
@@ -172,14 +208,14 @@ def _respond(
     try:
         with TokenBatch(model.llm.n_batch) as batch:  # Llama clamps n_batch to n_ctx
             steps = generate_step(model, cache, sampler, batch)
-            yield from _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start)
+            yield from _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start, plan)
     finally:
         sampler.close()
 
 
-def _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start):
+def _stream(model, cache, steps, vocab, decoder, stats, max_tokens, t_start, plan=None):
     n, t_first = 0, 0.0
-    step = dict(stats=stats, flops_ratio=_flops_ratio(model, stats))
+    step = dict(stats=stats, flops_ratio=_flops_ratio(model, stats), plan=plan)
     for token in steps:
         now = time.perf_counter()
         if n == 0:
@@ -238,10 +274,19 @@ def render_chat(model: Model, messages: list[dict], add_generation_prompt: bool 
             f"{Path(model.info.path).name} has no chat template in its metadata and matches no preset; "
             "pass one (--chat-template NAME|FILE.jinja, template= in load()) or use a raw prompt"
         )
-    return chat_text(model.llm, model.template, messages, add_generation_prompt=add_generation_prompt)
+    name = template_label(model.template_origin, model.info.path)
+    return chat_text(model.llm, model.template, messages, add_generation_prompt=add_generation_prompt, name=name)
 
 
-def chat_text(llm, template: str, messages: list[dict], *, add_generation_prompt: bool = True, **template_vars) -> str:
+def chat_text(
+    llm,
+    template: str,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = True,
+    name: str = "the chat template",
+    **template_vars,
+) -> str:
     """Render messages with `template` for the llama_cpp.Llama `llm` (its BOS/EOS texts, mtmd's marker).
 
     Args:
@@ -249,6 +294,7 @@ def chat_text(llm, template: str, messages: list[dict], *, add_generation_prompt
         template: Jinja source.
         messages: OpenAI-style messages.
         add_generation_prompt: end with the assistant header.
+        name: what errors call the template (templates.template_label).
         **template_vars: further template variables (tools, functions, ...).
 
     Returns:
@@ -270,6 +316,7 @@ def chat_text(llm, template: str, messages: list[dict], *, add_generation_prompt
         eos_token=eos,
         add_generation_prompt=add_generation_prompt,
         strip_bos=strip,
+        name=name,
         **template_vars,
     )
 
@@ -287,6 +334,7 @@ def stream_generate(
     cache: PromptCache | None = None,
     instruction: str | None = None,
     progress: Progress = no_progress,
+    ttft_budget: float | None = None,
 ) -> Iterator[GenerationResponse]:
     """Answer one prompt about zero or more images, streaming.
 
@@ -305,24 +353,45 @@ def stream_generate(
         instruction: the text CDPruner ranks image tokens against (default: `prompt` without
             its image markers).
         progress: progress hook for slow steps (the CLI prints them).
+        ttft_budget: seconds to the first token: the planner (fastv_edge.planner) picks the image-token
+            cap and the pruning that keep the most image tokens within it, from this machine's
+            calibration (measured and stored first when there is none). `prune` then only names the
+            strategy it may use (None: any); each response's `plan` holds the plan and its prediction.
 
     Yields:
         GenerationResponse per generated token; the last one has finish_reason set.
+
+    Raises:
+        planner.BudgetTooSmallError: (a ValueError) no plan fits the budget; it names the smallest time.
     """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    prune = prune or model.prune
-    prune.check_layer(model.info.n_layer)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    for text, what in ((prompt, "the prompt"), (system, "the system message"), (instruction, "the instruction")):
+        check_text(text, what)
+    family, prune = prune, prune or model.prune
+    check_supported(model.info.architecture, model.info.n_layer, prune)
     sampling = sampling or SamplingConfig()
-    decoded = [img if isinstance(img, RGBImage) else load_image(img) for img in images]
+    decoded = load_images(images)  # one pixel budget for the request
+    check_images(model.mmproj.image_limit if model.mmproj else None, decoded)
     text = build_prompt(model, prompt, len(decoded), apply_template=apply_template, system=system)
-    t_start = time.perf_counter()
     cache = cache if cache is not None else PromptCache()
+    plan, cap = None, nullcontext()
+    if ttft_budget is not None:
+        from . import budget
+
+        cost = budget.calibration_for(model, cache.empty, progress)  # before the clock: it may take a minute
+        t_start = time.perf_counter()  # the planning is part of the wait
+        plan, prune = budget.plan_request(
+            model, decoded, text, ttft_budget, cost, family, n_past=cache.n_used, add_bos=cache.empty
+        )
+        cap = budget.image_cap(model, plan.cap)
+    else:
+        t_start = time.perf_counter()
     _claim(model, cache)
-    with tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=cache.empty) as tokens:
+    with cap, tokenize(model.llm, model.mtmd_ctx, text, decoded, add_special=cache.empty) as tokens:
         words = (instruction if instruction is not None else prompt).replace(model.marker, " ").strip()
         tokens.instruction = list(model.llm.tokenize(words.encode("utf-8"), add_bos=False, special=False))
-        yield from _respond(
+        responses = _respond(
             model,
             tokens,
             cache,
@@ -331,7 +400,12 @@ def stream_generate(
             sampling=sampling,
             progress=progress,
             t_start=t_start,
+            plan=plan,
         )
+        for i, response in enumerate(responses):
+            if i == 0 and plan is not None:
+                budget.observe(model, plan, response.ttft_ms)  # the next plan learns how fast the machine runs now
+            yield response
 
 
 def generate(model: Model, prompt: str, images: Sequence[ImageInput] = (), **kwargs) -> str:
@@ -341,7 +415,8 @@ def generate(model: Model, prompt: str, images: Sequence[ImageInput] = (), **kwa
         model: from load().
         prompt: the user's text.
         images: see stream_generate().
-        **kwargs: prune, max_tokens, sampling, apply_template, system, cache, instruction, progress.
+        **kwargs: prune, max_tokens, sampling, apply_template, system, cache, instruction, progress,
+            ttft_budget.
 
     Returns:
         The generated text.

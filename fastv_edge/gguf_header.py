@@ -134,7 +134,7 @@ class _Cursor:
                 if keep:
                     out.append(buf[pos + 8 : pos + 8 + n].decode("utf-8"))
                 pos += 8 + n
-        except struct.error:
+        except (struct.error, OverflowError):  # past the end, or a length past any offset
             pos = size + 1
         except UnicodeDecodeError as e:
             raise GGUFFormatError(f"a string of {what} is not UTF-8 (near offset {pos})") from e

@@ -25,14 +25,16 @@ import numpy as np
 from llama_cpp import llama_chat_format as lcf
 from llama_cpp import llama_grammar
 
-from .config import PruneConfig
+from .config import PruneConfig, max_threads
 from .encoder import ImageEncoder
-from .generate import chat_text
-from .images import load_image
-from .model import check_supported, open_mtmd, read_mmproj_info
+from .generate import chat_text, check_text
+from .image_grid import check_images
+from .image_tokens import caps_honoured
+from .images import load_images
+from .model import check_mmproj_pair, check_supported, open_mtmd, read_mmproj_info
 from .prefill import PrefillStats, Target, check_fits, prefill
 from .prompt import ImagePiece, Prompt, tokenize
-from .templates import resolve_template
+from .templates import resolve_template, template_label
 
 # create_completion arguments the handler passes through unchanged
 _COMPLETION_KEYS = (
@@ -68,6 +70,8 @@ class FastVChatHandler(lcf.MTMDChatHandler):
             GGUF's template, else the matching preset's).
         verbose: print the rendered prompt and llama.cpp's log, like the stock handlers.
         use_gpu: run the vision encoder on the GPU when there is one.
+        embedding_cache: reuse the embeddings of an image seen before (a chat re-sends its images
+            with every request): in memory for this handler and on disk (fastv_edge.embedding_cache).
     """
 
     def __init__(
@@ -78,13 +82,15 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         template: str | None = None,
         verbose: bool = True,
         use_gpu: bool = True,
+        embedding_cache: bool = True,
     ):
-        read_mmproj_info(clip_model_path)  # ModelLoadError now, not a NULL from mtmd later
+        self._mmproj = read_mmproj_info(clip_model_path)  # ModelLoadError now, not a crash in mtmd later
         super().__init__(clip_model_path, verbose=verbose, use_gpu=use_gpu)
         self.prune = prune or PruneConfig()
         self.template = template
         self.last_stats: PrefillStats | None = None  # statistics of the last prefill
         self._encoder: ImageEncoder | None = None
+        self._embedding_cache = embedding_cache
         self._token_embeddings = None  # opened on the first CDPruner request
 
     def _init_mtmd_context(self, llama_model) -> None:
@@ -92,15 +98,21 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         # stderr; ours keeps this handler's verbose and routes mtmd's log like llama.cpp's
         if self.mtmd_ctx is not None:
             return
+        arch = llama_model.metadata.get("general.architecture", "?")
+        n_embd = llama_cpp.llama_model_n_embd(llama_model.model)
+        check_mmproj_pair(arch, n_embd, llama_model.model_path, self._mmproj)  # a projector of another family
+        if llama_model.n_threads > max_threads():  # the encoder gets the Llama's threads
+            raise ValueError(f"the Llama has n_threads={llama_model.n_threads}; use at most {max_threads()}")
+        flash_attn = llama_model.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.mtmd_ctx = open_mtmd(
             llama_model.model,
             self.clip_model_path,
             n_threads=llama_model.n_threads,
             use_gpu=self.use_gpu,
-            flash_attn=llama_model.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            flash_attn=flash_attn,
             verbose=self.verbose,
         )
-        self._encoder = ImageEncoder(self.mtmd_ctx, llama_model.model)
+        self._encoder = self._image_encoder(llama_model, flash_attn)
 
         def free() -> None:
             if self.mtmd_ctx is not None:
@@ -109,15 +121,33 @@ class FastVChatHandler(lcf.MTMDChatHandler):
 
         llama_model._stack.callback(free)
 
+    def _image_encoder(self, llama_model, flash_attn: bool) -> ImageEncoder:
+        fixed = not caps_honoured(self._mmproj.projector_type)
+        if not self._embedding_cache:
+            return ImageEncoder(self.mtmd_ctx, llama_model.model, fixed_resolution=fixed)
+        from .config import RuntimeConfig
+        from .embedding_cache import EmbeddingCache, EncoderKeys, preprocessing
+
+        cache = EmbeddingCache()
+        runtime = RuntimeConfig(flash_attn=flash_attn, n_gpu_layers=1 if self.use_gpu else 0)
+        keys = EncoderKeys(self.clip_model_path, preprocessing(runtime, not fixed), cache.memo_dir)
+        return ImageEncoder(self.mtmd_ctx, llama_model.model, cache=cache, keys=keys, fixed_resolution=fixed)
+
     def load_image(self, image_url: str) -> bytes:
-        """Accepts file:// URLs, data: URIs, local paths and http(s) URLs."""
+        """Accepts file:// URLs, data: URIs, local paths and http(s) URLs (bounded in time and size)."""
         from .images import read_source
 
         return read_source(image_url)[0]
 
     def _get_chat_template(self, llama_model) -> str:
+        return self._chat_template(llama_model)[0]
+
+    def _chat_template(self, llama_model) -> tuple[str, str]:
+        """(source, name for errors) of the template this handler renders with."""
         template = llama_model.metadata.get("tokenizer.chat_template") or None
-        return resolve_template(template, llama_model.model_path, self.template)[0]
+        source, origin = resolve_template(template, llama_model.model_path, self.template)
+        origin = f"override:{self.template}" if origin == "override" else origin
+        return source, template_label(origin, llama_model.model_path)
 
     def _check_model(self, llama) -> None:
         if llama._logits_all:
@@ -128,7 +158,9 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         check_supported(arch, llama_cpp.llama_model_n_layer(llama.model), self.prune)
 
     def _render(self, llama, messages, **template_vars) -> str:
-        text = chat_text(llama, self._get_chat_template(llama), messages, **template_vars)
+        source, name = self._chat_template(llama)
+        text = chat_text(llama, source, messages, name=name, **template_vars)
+        check_text(text, "the conversation")  # a lone surrogate from the request's JSON
         if self.verbose:
             print(text, file=sys.stderr)
         return text
@@ -187,7 +219,8 @@ class FastVChatHandler(lcf.MTMDChatHandler):
         """
         self._init_mtmd_context(llama)
         self._check_model(llama)
-        images = [load_image(self.load_image(url)) for url in self.get_image_urls(messages)]
+        images = load_images(self.get_image_urls(messages))  # named by URL or path, in one pixel budget
+        check_images(self._mmproj.image_limit, images)
         text = self._render(
             llama, messages, functions=functions, function_call=function_call, tools=tools, tool_choice=tool_choice
         )

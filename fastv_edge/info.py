@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .image_tokens import caps_honoured
 from .model import FASTV_ARCHITECTURES, read_mmproj_info, read_model_info
 from .native_info import native_info
 from .templates import resolve_template
@@ -69,6 +70,11 @@ def model_report(model: str | os.PathLike, mmproj: str | os.PathLike | None = No
                 "projector_n_embd": mm.n_embd_out,
                 "image_size": mm.image_size,
                 "image_tokens_per_image": image_tokens_per_image(model_path, mmproj_path, mm.image_size),
+                "image_token_caps": (
+                    "honoured (dynamic resolution: --image-max-tokens)"
+                    if caps_honoured(mm.projector_type)
+                    else "ignored (fixed resolution)"
+                ),
             }
         )
     return report

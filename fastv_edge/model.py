@@ -2,13 +2,17 @@
 
 Everything fastv_edge decides on is checked in Python before llama.cpp sees the files:
 existence, the GGUF magic, the text model's architecture and sizes, an mmproj that really is
-a CLIP projector (read whole, tensor table bounds-checked) whose output size equals the text
-model's n_embd, and (for pruning strategies) an architecture the FastV patch supports.
-The text model's header is read only up to those keys, which precede its vocabulary:
-llama.cpp then parses the whole header once, with its own bounds checks, and the rest of
-ModelInfo comes from its metadata. When llama.cpp refuses a file, read_model_info (the full
-Python read) names what is damaged. Reading the vocabulary in Python as well cost more than
-llama.cpp's whole load of a small model.
+a CLIP projector (read whole, tensor table bounds-checked) with every tensor and key its
+projector type needs (mmproj_check: a missing one crashes mtmd's loader), made for the text
+model's family and projecting to its n_embd, and (for pruning strategies) an architecture
+the FastV patch supports.
+The text model's header is read up to its vocabulary's tokens, for the values llama.cpp
+would abort on instead of refusing (model_check: layer count, M-RoPE sections, two tokens
+with one text); the merges and the tensor table are left to llama.cpp, which parses the
+whole header once, with its own bounds checks, and the rest of ModelInfo comes from its
+metadata. When llama.cpp refuses a file, read_model_info (the full Python read) names what
+is damaged. Reading the tokens costs tens of milliseconds for a 50k vocabulary; gguf-py's
+reader of the whole header cost more than llama.cpp's whole load of a small model.
 
 Unsupported architecture policy: load() REFUSES with UnsupportedModelError when a pruning
 strategy ('fastv', 'random') is asked for on an architecture the patch does not hook; pass
@@ -19,27 +23,38 @@ report savings that never happened.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PruneConfig, RuntimeConfig
+from .config import PruneConfig, RuntimeConfig, check_image_tokens
 from .errors import ModelLoadError, UnsupportedModelError
 from .gguf_header import FILE_TYPES, GGUFFormatError, GGUFHeader, read_header
 from .gguf_header import MAGIC as GGUF_MAGIC
+from .image_grid import ImageLimit
+from .image_tokens import caps_honoured, ignored_caps_message
+from .mmproj_check import check_mmproj, check_projector_pairing
+from .mmproj_keys import ARRAY_KEYS, check_key_types
+from .model_check import TOKENS, check_text_model, wants_array
+from .response import ThreadCounts
 
-# Architectures whose layer loop the FastV patch hooks (llama_context::fastv_arch_supported,
-# see patches/); llama_fastv_begin returns -2 for the others.
-FASTV_ARCHITECTURES = ("llama", "qwen2vl", "gemma3")  # the graphs patches/ hooks
+# Architectures whose layer loop the FastV patch hooks (llama_fastv_arch_supported in
+# src/llama-fastv.cpp, see patches/); llama_fastv_begin returns -2 for the others.
+FASTV_ARCHITECTURES = ("llama", "qwen2vl", "gemma3", "qwen2", "qwen3", "mistral3", "qwen3vl", "gemma4")
 
-# mmproj output size: (tensor name, axis of the shape that is n_embd), first match wins.
-# Mirrors clip_n_mmproj_embd() for the projectors of the presets.
-_MMPROJ_OUT = (
-    ("mm.2.weight", 1),  # llava 'mlp' and qwen2vl_merger (mm.0 -> GELU -> mm.2)
-    ("mm.model.fc.weight", 1),  # idefics3 (SmolVLM)
-    ("mm.input_projection.weight", 0),  # gemma3
+# Recurrent and hybrid architectures (llm_arch_is_recurrent / llm_arch_is_hybrid in llama-arch.cpp):
+# their conv / SSM state has absorbed every image token by layer K and has no cells to hide,
+# so FastV cannot drop tokens there; selecting rows before the LLM works like a shorter prompt.
+RECURRENT_ARCHITECTURES = frozenset(
+    {
+        *("mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "jamba", "falcon-h1", "plamo2"),
+        *("granitehybrid", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe", "qwen3next", "kimi-linear"),
+        *("bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe", "qwen4exp", "deepseek4", "minimax-01"),
+    }
 )
 
 
@@ -66,13 +81,16 @@ class MmprojInfo:
 
     path: str
     projector_type: str
-    n_embd_out: int | None  # None: projector type not in the table, mtmd checks it
+    n_embd_out: int | None  # None: projector type not in mmproj_check's table, mtmd checks it
     image_size: int | None
     has_vision: bool
+    image_limit: ImageLimit | None = None  # images whose patch grid would overflow its position table
 
 
 def _open_gguf(path: str | os.PathLike, what: str, **read) -> GGUFHeader:
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"{what} {path} is a directory, not a GGUF file")
     if not path.is_file():
         raise ModelLoadError(f"{what} not found: {path}")
     with open(path, "rb") as f:
@@ -86,13 +104,14 @@ def _open_gguf(path: str | os.PathLike, what: str, **read) -> GGUFHeader:
 
 
 def _hparams_read(values: dict) -> bool:
-    """True once the keys load() checks before llama.cpp sees the file are in (they precede
-    the vocabulary in converted files, so reading stops before it)."""
+    """True once the keys load() checks before llama.cpp sees the file are in: the hyperparameters
+    and the vocabulary's tokens (reading stops before the merges and the tensor table)."""
     arch = values.get("general.architecture")
-    return arch == "clip" or (f"{arch}.block_count" in values and f"{arch}.embedding_length" in values)
+    hparams = f"{arch}.block_count" in values and f"{arch}.embedding_length" in values
+    return arch == "clip" or (hparams and TOKENS in values)
 
 
-def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelInfo:
+def _model_info(path: str | os.PathLike, values: Mapping[str, object], check: bool = True) -> ModelInfo:
     """ModelInfo from GGUF values: typed ones from read_header, or llama.cpp's metadata strings."""
     arch = values.get("general.architecture")
     if not arch:
@@ -103,6 +122,8 @@ def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelI
     n_embd = values.get(f"{arch}.embedding_length")
     if not n_layer or not n_embd:
         raise ModelLoadError(f"model lacks {arch}.block_count / {arch}.embedding_length: {path}")
+    if check:  # the header's typed values (llama.cpp's metadata are strings, of a file it has loaded)
+        check_text_model(path, values, str(arch))
     ftype = values.get("general.file_type")
     quant = "unknown" if ftype is None else FILE_TYPES.get(int(ftype), f"file_type {ftype}")
     n_ff = values.get(f"{arch}.feed_forward_length", 0)
@@ -122,7 +143,7 @@ def _model_info(path: str | os.PathLike, values: Mapping[str, object]) -> ModelI
 
 
 def _wants_array(key: str) -> bool:
-    return key.endswith(".feed_forward_length")  # per-layer in a few architectures
+    return wants_array(key)  # per-layer feed-forward lengths, M-RoPE sections, the vocabulary
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -140,8 +161,12 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     return _model_info(path, _open_gguf(path, "model", arrays=_wants_array).values)
 
 
+def _wants_clip_array(key: str) -> bool:
+    return key in ARRAY_KEYS  # the clip.vision arrays mtmd reads (feature layers, mean, std, ...)
+
+
 def read_mmproj_info(path: str | os.PathLike) -> MmprojInfo:
-    """Read and check an mmproj GGUF.
+    """Read and check an mmproj GGUF: its keys and tensors against what mtmd's loader and graph use.
 
     Args:
         path: the mmproj GGUF.
@@ -150,27 +175,37 @@ def read_mmproj_info(path: str | os.PathLike) -> MmprojInfo:
         Its MmprojInfo.
 
     Raises:
-        ModelLoadError: missing, not GGUF, corrupt, not a CLIP projector or without vision.
+        ModelLoadError: missing, not GGUF, corrupt, not a CLIP projector, without vision, or
+            lacking a tensor or key its projector type needs (mmproj_check), naming it.
     """
-    header = _open_gguf(path, "mmproj")
+    header = _open_gguf(path, "mmproj", arrays=_wants_clip_array)
     arch = header.get("general.architecture")
     if arch != "clip":
         raise ModelLoadError(f"{path} is not an mmproj file (general.architecture={arch!r}, expected 'clip')")
-    if not header.get("clip.has_vision_encoder", False):
-        raise ModelLoadError(f"mmproj has no vision encoder (clip.has_vision_encoder is false): {path}")
-    shapes = {t.name: t.shape for t in header.tensors}  # GGUF order: ne0, ne1, ...
-    n_out = next((shapes[n][axis] for n, axis in _MMPROJ_OUT if n in shapes), None)
-    proj = header.get("clip.vision.projector_type") or header.get("clip.projector_type") or "unknown"
-    size = header.get("clip.vision.image_size")
-    return MmprojInfo(str(path), str(proj), n_out, int(size) if size else None, True)
+    check_key_types(header)  # before reading any: mtmd aborts on a key of another type
+    if header.get("clip.has_vision_encoder") is not True:
+        raise ModelLoadError(f"mmproj has no vision encoder (clip.has_vision_encoder is not true): {path}")
+    facts = check_mmproj(header)
+    return MmprojInfo(str(path), facts.projector, facts.n_embd_out, facts.image_size, True, facts.image_limit)
 
 
 def check_pair(info: ModelInfo, mmproj: MmprojInfo) -> None:
-    """Raise ModelLoadError when the projector's output size is not the model's n_embd."""
-    if mmproj.n_embd_out is not None and mmproj.n_embd_out != info.n_embd:
+    """Raise ModelLoadError when the projector is made for another family of text model, or
+    its output size is not the model's n_embd."""
+    check_mmproj_pair(info.architecture, info.n_embd, info.path, mmproj)
+
+
+def check_mmproj_pair(architecture: str, n_embd: int, model_path: str, mmproj: MmprojInfo) -> None:
+    """check_pair from a text model's architecture, n_embd and path (the chat handler's Llama).
+
+    Raises:
+        ModelLoadError: naming both files.
+    """
+    check_projector_pairing(mmproj.projector_type, architecture, Path(mmproj.path).name, Path(model_path).name)
+    if mmproj.n_embd_out is not None and mmproj.n_embd_out != n_embd:
         raise ModelLoadError(
             f"mmproj {Path(mmproj.path).name} projects to n_embd={mmproj.n_embd_out} but model "
-            f"{Path(info.path).name} has n_embd={info.n_embd}; use the mmproj made for this model"
+            f"{Path(model_path).name} has n_embd={n_embd}; use the mmproj made for this model"
         )
 
 
@@ -186,6 +221,12 @@ def check_supported(architecture: str, n_layer: int, prune: PruneConfig) -> None
         UnsupportedModelError: naming the stock-path alternative.
         ValueError: K outside [1, n_layer).
     """
+    if prune.in_llm and architecture in RECURRENT_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"FastV (in-LLM pruning at layer K >= 1) does not apply to {architecture!r}: its recurrent layers "
+            "have absorbed every image token before layer K and keep no cells to drop; select tokens before "
+            "the LLM instead: --strategy divprune -k 0 (or dart|cdpruner|random with -k 0)"
+        )
     if prune.in_llm and architecture not in FASTV_ARCHITECTURES:
         raise UnsupportedModelError(
             f"FastV (in-LLM pruning at layer K >= 1) does not support architecture {architecture!r} "
@@ -193,6 +234,24 @@ def check_supported(architecture: str, n_layer: int, prune: PruneConfig) -> None
             "(--strategy divprune|dart|cdpruner|random with -k 0), or run it unpruned (--strategy none)"
         )
     prune.check_layer(n_layer)
+
+
+class _MtmdHandle:
+    """A model's mtmd context and the encoder threads it was opened with: freed once when the
+    model closes, replaced by set_image_tokens."""
+
+    def __init__(self, ptr, n_threads: int):
+        self.ptr = ptr
+        self.n_threads = n_threads
+
+    def replace(self, ptr, n_threads: int) -> None:
+        old, self.ptr, self.n_threads = self.ptr, ptr, n_threads
+        _mtmd_free(old)
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            _mtmd_free(self.ptr)
+            self.ptr = None
 
 
 class Model:
@@ -204,7 +263,7 @@ class Model:
     def __init__(
         self,
         llm,
-        mtmd_ctx,
+        mtmd: _MtmdHandle | None,
         info: ModelInfo,
         mmproj: MmprojInfo | None,
         runtime: RuntimeConfig,
@@ -213,19 +272,113 @@ class Model:
         template_origin: str,
         stack: ExitStack,
     ):
-        from .encoder import ImageEncoder
-
-        self.llm = llm  # llama_cpp.Llama: tokenizer, context, sampler pieces
-        self.mtmd_ctx = mtmd_ctx  # mtmd_context_p or None (text only)
+        self._llm = llm  # llama_cpp.Llama: tokenizer, context, sampler pieces
+        self._mtmd = mtmd  # _MtmdHandle or None (text only)
+        self._closed = False
         self.info = info
         self.mmproj = mmproj
         self.runtime = runtime
         self.prune = prune
         self.template = template
         self.template_origin = template_origin
-        self.encoder = ImageEncoder(mtmd_ctx, llm.model) if mtmd_ctx is not None else None
+        self.embedding_cache = None  # an EmbeddingCache when runtime.embedding_cache and an mmproj
+        if mtmd is not None and runtime.embedding_cache:
+            from .embedding_cache import EmbeddingCache
+
+            self.embedding_cache = EmbeddingCache(runtime.embedding_cache_dir)
+        self._encoder = self._image_encoder()
         self._token_embeddings = None  # opened on the first CDPruner request
         self._stack = stack
+
+    def _open(self):
+        if self._closed:  # its native handles are freed: using them would crash
+            raise ValueError(
+                f"this Model ({Path(self.info.path).name}) was closed (close() or the end of its with-block); "
+                "load() it again"
+            )
+
+    @property
+    def llm(self):
+        """The llama_cpp.Llama: tokenizer, context, sampler pieces."""
+        self._open()
+        return self._llm
+
+    @property
+    def encoder(self):
+        """The ImageEncoder of the mmproj, or None for a text-only model."""
+        self._open()
+        return self._encoder
+
+    @property
+    def closed(self) -> bool:
+        """True after close(): every native-backed attribute then raises ValueError."""
+        return self._closed
+
+    @property
+    def mtmd_ctx(self):
+        """The mtmd_context pointer, or None (text only)."""
+        self._open()
+        return self._mtmd.ptr if self._mtmd is not None else None
+
+    def _image_encoder(self):
+        from .embedding_cache import EncoderKeys, preprocessing
+        from .encoder import ImageEncoder
+
+        if self._mtmd is None:
+            return None
+        keys = None
+        if self.embedding_cache is not None:
+            prep = preprocessing(self.runtime, self.image_tokens_honoured)
+            keys = EncoderKeys(self.mmproj.path, prep, self.embedding_cache.memo_dir)
+        cache, fixed = self.embedding_cache, not self.image_tokens_honoured
+        return ImageEncoder(self.mtmd_ctx, self.llm.model, cache=cache, keys=keys, fixed_resolution=fixed)
+
+    @property
+    def threads(self) -> ThreadCounts:
+        """The thread counts in use: read back from the llama context, and the encoder's as given to mtmd."""
+        import llama_cpp
+
+        encoder = self._mtmd.n_threads if self._mtmd is not None else None
+        return ThreadCounts(llama_cpp.llama_n_threads(self.ctx), llama_cpp.llama_n_threads_batch(self.ctx), encoder)
+
+    @property
+    def image_tokens_honoured(self) -> bool:
+        """True when image_min_tokens / image_max_tokens change this model's image token counts.
+
+        False for fixed-resolution projectors (LLaVA-1.5's mlp, Gemma 3) and without an mmproj;
+        the projector types that honour them are image_tokens.IMAGE_TOKEN_CAP_PROJECTORS.
+        """
+        return self.mmproj is not None and caps_honoured(self.mmproj.projector_type)
+
+    def set_image_tokens(self, min_tokens: int | None = None, max_tokens: int | None = None) -> None:
+        """Set mtmd's bounds on the tokens of one image (None: the projector's own).
+
+        Re-opens the mtmd context when the bounds change and the projector honours them, so one
+        loaded LLM can try several caps; prompts tokenized before the call must not be used after.
+        On a projector that ignores them a RuntimeWarning says so and nothing is re-opened.
+
+        Args:
+            min_tokens: image_min_tokens (smaller images are upscaled to it).
+            max_tokens: image_max_tokens (larger images are downscaled to it).
+
+        Raises:
+            ValueError: a bound outside [1, MAX_IMAGE_TOKENS], min > max, or no mmproj loaded.
+            ModelLoadError: mtmd could not re-open the mmproj (the previous context stays in use).
+        """
+        check_image_tokens(min_tokens, max_tokens)
+        if self._mtmd is None:
+            raise ValueError("this model was loaded without an mmproj; it has no image tokens to limit (pass --mmproj)")
+        if (min_tokens, max_tokens) == (self.runtime.image_min_tokens, self.runtime.image_max_tokens):
+            return
+        runtime = dataclasses.replace(self.runtime, image_min_tokens=min_tokens, image_max_tokens=max_tokens)
+        message = ignored_caps_message(self.mmproj, min_tokens, max_tokens)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        if self.image_tokens_honoured:
+            options = mtmd_options(runtime)
+            self._mtmd.replace(open_mtmd(self.llm.model, self.mmproj.path, **options), options["n_threads"])
+        self.runtime = runtime
+        self._encoder = self._image_encoder()
 
     @property
     def ctx(self):
@@ -245,6 +398,7 @@ class Model:
 
     def text_rows(self, ids) -> np.ndarray:  # noqa: F821 (numpy is imported lazily)
         """The model's input embeddings of token ids, (len(ids), n_embd) (CDPruner's text features)."""
+        self._open()
         if self._token_embeddings is None:
             from .text_features import TokenEmbeddings
 
@@ -265,7 +419,8 @@ class Model:
         return mtmd.mtmd_default_marker().decode("utf-8")
 
     def close(self) -> None:
-        """Free the mtmd context, then the llama context and model."""
+        """Free the mtmd context, then the llama context and model (a second call does nothing)."""
+        self._closed = True
         self._stack.close()
 
     def __enter__(self):
@@ -276,16 +431,43 @@ class Model:
 
 
 def _resolve_paths(model: str | os.PathLike, mmproj: str | os.PathLike | None):
-    """A preset name becomes its cached files; a path stays a path."""
+    """A preset name becomes its cached files; a path stays a path (a missing one is not found)."""
     text = os.fspath(model)
     if not Path(text).exists() and "/" not in text and not text.endswith(".gguf"):
         from . import hub
+        from .templates import list_presets
 
+        names = [p.name for p in list_presets()]
+        if text not in names:  # 'model.bin' is a missing file, not an unknown preset
+            known = ", ".join(names)
+            raise ModelLoadError(f"model not found: {text} (no such file, and no preset of that name: {known})")
         return hub.cached_files(text, mmproj)
     return text, (os.fspath(mmproj) if mmproj is not None else None)
 
 
-def open_mtmd(llama_model, path: str, *, n_threads: int, use_gpu: bool, flash_attn: bool, verbose: bool):
+def mtmd_options(runtime: RuntimeConfig) -> dict:
+    """open_mtmd's keyword arguments for a RuntimeConfig (the encoder gets the LLM's thread count)."""
+    return dict(
+        n_threads=runtime.threads,
+        use_gpu=runtime.n_gpu_layers != 0,
+        flash_attn=runtime.flash_attn,
+        verbose=runtime.verbose,
+        image_min_tokens=runtime.image_min_tokens,
+        image_max_tokens=runtime.image_max_tokens,
+    )
+
+
+def open_mtmd(
+    llama_model,
+    path: str,
+    *,
+    n_threads: int,
+    use_gpu: bool,
+    flash_attn: bool,
+    verbose: bool,
+    image_min_tokens: int | None = None,
+    image_max_tokens: int | None = None,
+):
     """mtmd context for an mmproj, its logs routed through llama-cpp-python's logger.
 
     Args:
@@ -295,6 +477,8 @@ def open_mtmd(llama_model, path: str, *, n_threads: int, use_gpu: bool, flash_at
         use_gpu: run the encoder on the GPU when there is one.
         flash_attn: flash attention in the encoder.
         verbose: print mtmd's timings.
+        image_min_tokens: lower bound on an image's tokens (None: the projector's default).
+        image_max_tokens: upper bound on an image's tokens (None: the projector's default).
 
     Returns:
         The mtmd context pointer (the caller frees it with mtmd_free).
@@ -317,6 +501,8 @@ def open_mtmd(llama_model, path: str, *, n_threads: int, use_gpu: bool, flash_at
     params.flash_attn_type = (
         llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     )
+    params.image_min_tokens = image_min_tokens or -1  # -1: read from the GGUF / the projector's default
+    params.image_max_tokens = image_max_tokens or -1
     ctx = mtmd.mtmd_init_from_file(path.encode(), llama_model, params)
     if not ctx:
         raise ModelLoadError(f"mtmd could not load the mmproj {path} (run with --debug/verbose for llama.cpp's log)")
@@ -346,7 +532,8 @@ def load(
         model: text GGUF path, or a preset name (see `fastv-edge presets`; files come from
             the Hugging Face cache filled by `fastv-edge pull NAME`).
         mmproj: mmproj GGUF path (None with a preset: the preset's; None with a path: text only).
-        runtime: context settings (n_ctx, threads, batch sizes, flash attention).
+        runtime: context settings (n_ctx, threads, batch sizes, flash attention, image-token caps,
+            the embedding cache). Caps on a projector that ignores them give a RuntimeWarning.
         prune: default pruning for requests that do not pass one; checked against the model.
         template: chat template name or .jinja path, overriding the GGUF's.
 
@@ -369,35 +556,45 @@ def load(
     if mm_info is not None:
         check_pair(checked, mm_info)
     check_supported(checked.architecture, checked.n_layer, prune)
-    from .templates import load_template, resolve_template
+    ignored = ignored_caps_message(mm_info, runtime.image_min_tokens, runtime.image_max_tokens)
+    if ignored:
+        warnings.warn(ignored, RuntimeWarning, stacklevel=2)
+    from .templates import check_template, load_template, resolve_template, template_label
 
     override = load_template(template) if template else None  # a bad name fails before the load
+    if override is not None:  # and a given template that does not parse
+        check_template(override, template_label(f"override:{template}", model_path))
     stack = ExitStack()
     try:
         llm = _load_llama(stack, model_path, runtime)
-        info = _model_info(model_path, {**llm.metadata, **head})
-        mtmd_ctx = None
+        info = _model_info(model_path, {**llm.metadata, **{k: v for k, v in head.items() if k != TOKENS}}, False)
+        mtmd = None
         if mmproj_path:
-            mtmd_ctx = open_mtmd(
-                llm.model,
-                mmproj_path,
-                n_threads=runtime.threads,
-                use_gpu=runtime.n_gpu_layers != 0,
-                flash_attn=runtime.flash_attn,
-                verbose=runtime.verbose,
-            )
-            stack.callback(_mtmd_free, mtmd_ctx)
+            options = mtmd_options(runtime)
+            mtmd = _MtmdHandle(open_mtmd(llm.model, mmproj_path, **options), options["n_threads"])
+            stack.callback(mtmd.close)
     except BaseException:
         stack.close()
         raise
+    _warn_past_training(info, runtime.n_ctx)
     if override is not None:
-        tpl, origin = override, "override"
+        tpl, origin = override, f"override:{template}"
     else:
         try:
             tpl, origin = resolve_template(info.chat_template, model_path)
         except ValueError:
             tpl, origin = None, "none"  # raw prompts still work; applying a template raises then
-    return Model(llm, mtmd_ctx, info, mm_info, runtime, prune, tpl, origin, stack)
+    return Model(llm, mtmd, info, mm_info, runtime, prune, tpl, origin, stack)
+
+
+def _warn_past_training(info: ModelInfo, n_ctx: int) -> None:
+    if 0 < info.n_ctx_train < n_ctx:  # llama.cpp only logs this, which nobody sees without --verbose
+        warnings.warn(
+            f"n_ctx {n_ctx} is more than the {info.n_ctx_train} tokens {Path(info.path).name} was trained on; "
+            "answers degrade past that length",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _load_llama(stack: ExitStack, model_path: str, runtime: RuntimeConfig):
@@ -419,6 +616,11 @@ def _load_llama(stack: ExitStack, model_path: str, runtime: RuntimeConfig):
         )
     except ValueError as e:
         read_model_info(model_path)  # a truncated or damaged file: the reader names what is wrong
+        if "llama_context" in str(e):  # the model loaded; the context (its KV cache, its buffers) did not
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {runtime.n_ctx} tokens for {model_path} ({e}): "
+                "its KV cache may not fit in memory; lower n_ctx (-c), n_batch (-b) or n_ubatch (-ub)"
+            ) from e
         raise ModelLoadError(f"llama.cpp could not load {model_path}: {e} (--verbose shows its log)") from e
     stack.callback(llm.close)
     return llm

@@ -13,7 +13,9 @@
     The last prompt token's logits are then in the context, as after any decode.
 
 On any error the FastV state is aborted and the cells this prefill wrote are removed, so the
-context is exactly as before the call (earlier turns of a chat stay valid).
+context is exactly as before the call (earlier turns of a chat stay valid). A recurrent or hybrid
+model (lfm2, qwen35, ...) cannot take part of a prompt out of its recurrent state, so its state
+before the prompt is saved (llama_state_seq_*_ext, partial: the recurrent part only) and put back.
 Callers: generate.stream_generate (API, CLI, ChatSession), handler.FastVChatHandler, bench.
 """
 
@@ -39,6 +41,10 @@ from .pruning import select_random, stage_budgets
 from .response import ImageStats, PrefillStats
 
 Progress = Callable[[str], AbstractContextManager]
+
+# Architectures whose graph takes token ids only: llama.cpp aborts on embedding rows
+# (src/models/granite-switch.cpp GGML_ASSERT(ubatch.token)), so images are refused before C sees them.
+NO_EMBEDDING_INPUT = ("graniteswitch",)
 
 
 def no_progress(_message: str) -> AbstractContextManager:
@@ -94,6 +100,18 @@ def _check_decodable(prompt: Prompt) -> None:
         raise ValueError("the prompt must end with text after its last image (the answer starts from a text token)")
 
 
+def _check_embedding_input(target: Target) -> None:
+    model = llama_cpp.llama_get_model(target.ctx)
+    buf = llama_cpp.ctypes.create_string_buffer(64)
+    llama_cpp.llama_model_meta_val_str(model, b"general.architecture", buf, len(buf))
+    arch = buf.value.decode("utf-8", "replace")
+    if arch in NO_EMBEDDING_INPUT:
+        raise UnsupportedModelError(
+            f"llama.cpp cannot decode image embeddings on architecture {arch!r} (its graph takes token ids only); "
+            "use a vision model, or send text only"
+        )
+
+
 @dataclass
 class _Image:
     """One image through the stages: its rows and which of them enter the LLM."""
@@ -130,6 +148,8 @@ def prefill(
     """
     _check_decodable(prompt)
     n_image = prompt.n_image_tokens
+    if n_image:
+        _check_embedding_input(target)
     b1, b2 = stage_budgets(prune, n_image)  # budgets larger than N fail here, before C
     in_llm = prune.in_llm and n_image > 0
     stats = PrefillStats(
@@ -148,8 +168,8 @@ def prefill(
     if prune.pre_stage is not None and n_image:
         _select(target, prompt, prune, images, stats)
     _check_blocks(images, target.n_ubatch)
-    memory = llama_cpp.llama_get_memory(target.ctx)
     start = n_past
+    checkpoint = _recurrent_checkpoint(target, start)
     if in_llm:
         _begin(target, prune.layer)
     try:
@@ -160,11 +180,45 @@ def prefill(
     except BaseException:
         if in_llm:
             _native.abort(target.ctx)
-        llama_cpp.llama_memory_seq_rm(memory, target.seq_id, start, -1)  # this prompt's cells, nothing else
+        _remove_prompt(target, start, checkpoint)
         raise
     n_text = prompt.n_tokens - n_image
     stats.n_cells = n_text + sum(img.n_decoded for img in stats.images)
     return n_past, stats
+
+
+def _recurrent_checkpoint(target: Target, n_past: int):
+    """The sequence's recurrent state before this prompt, on models whose memory cannot cut its tail.
+
+    llama_memory_seq_rm(seq, n_past, -1) on a recurrent state that absorbed tokens >= n_past fails
+    without changing anything (no per-token snapshots), and a hybrid model then keeps the prompt's
+    attention cells too. Saved only when there is something before the prompt to keep.
+    """
+    model = llama_cpp.llama_get_model(target.ctx)
+    if n_past == 0 or not (llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model)):
+        return None
+    flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY  # the recurrent state, not the attention cells
+    size = llama_cpp.llama_state_seq_get_size_ext(target.ctx, target.seq_id, flags)
+    buf = (llama_cpp.ctypes.c_uint8 * max(size, 1))()
+    if size == 0 or llama_cpp.llama_state_seq_get_data_ext(target.ctx, buf, size, target.seq_id, flags) != size:
+        raise NativeError("llama_state_seq_get_data_ext", 0, "could not save the recurrent state before the prompt")
+    return buf
+
+
+def _remove_prompt(target: Target, start: int, checkpoint) -> None:
+    """Take this prompt's cells (positions >= start) out of the sequence, recurrent state included."""
+    memory = llama_cpp.llama_get_memory(target.ctx)
+    if checkpoint is not None:
+        flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+        llama_cpp.llama_state_seq_set_data_ext(target.ctx, checkpoint, len(checkpoint), target.seq_id, flags)
+    if not llama_cpp.llama_memory_seq_rm(memory, target.seq_id, start, -1):  # this prompt's cells, nothing else
+        llama_cpp.llama_memory_seq_rm(memory, target.seq_id, -1, -1)  # never leave a half-decoded prompt
+        raise NativeError(
+            "llama_memory_seq_rm",
+            0,
+            "the failed prompt could not be taken out of the memory; the sequence was "
+            "cleared: start the conversation over (ChatSession.reset())",
+        )
 
 
 def _encode(target: Target, images: list[_Image], stats: PrefillStats, progress: Progress) -> None:
@@ -244,7 +298,10 @@ def _decode_image(target: Target, img: _Image, n_past: int, stats: PrefillStats)
             target.ctx, rows, positions, non_causal=piece.non_causal, n_batch=target.n_batch, seq_id=target.seq_id
         )
     n_decoded = piece.n_tokens if keep is None else len(keep)
-    stats.images.append(ImageStats(piece.name, piece.n_tokens, piece.grid, n_decoded, img.encoded.encode_ms))
+    enc = img.encoded
+    stats.images.append(
+        ImageStats(piece.name, piece.n_tokens, enc.grid or piece.grid, n_decoded, enc.encode_ms, enc.cached)
+    )
     return n_past + piece.n_pos  # kept rows keep their positions: the text goes on after the whole image
 
 
@@ -273,7 +330,8 @@ def _begin(target: Target, layer: int) -> None:
     except NativeError as e:
         if e.code == Status.UNSUPPORTED:
             raise UnsupportedModelError(
-                f"{e}: this model or context setting has no FastV support; use strategy 'none' (--strategy none)"
+                f"{e}: this model or context setting has no FastV support; select image tokens before the LLM "
+                "only (--strategy divprune|dart|cdpruner|random with -k 0, no --pre) or use --strategy none"
             ) from e
         raise
 

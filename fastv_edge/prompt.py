@@ -45,6 +45,8 @@ class ImagePiece:
     grid: (nx, ny) of an M-RoPE image (positions t=p0, x=p0+i%nx, y=p0+i//nx), else None.
     n_pos: positions the image advances n_past by (max(nx, ny) with M-RoPE, else n_tokens).
     non_causal: decoded as one bidirectional block (mtmd_decode_use_non_causal, e.g. Gemma 3).
+    digest: the embedding cache's name for the chunk: a digest of the decoded image's pixels
+        (embedding_cache.pixel_digest), plus ':k' for its k-th chunk when mtmd tiles it; None: not cacheable.
     """
 
     n_tokens: int
@@ -55,6 +57,7 @@ class ImagePiece:
     embd: np.ndarray | None = None
     grid: tuple[int, int] | None = None
     image_tokens: int | None = None
+    digest: str | None = None
 
     @property
     def mrope(self) -> bool:
@@ -167,23 +170,25 @@ def tokenize(llm, mtmd_ctx, text: str, images: list[RGBImage], *, add_special: b
         raise MemoryError("mtmd_input_chunks_init failed")
     prompt = Prompt([], chunks)
     try:
-        _tokenize_into(mtmd_ctx, chunks, text, images, add_special)
-        prompt.pieces = _pieces(mtmd_ctx, chunks, [img.name for img in images])
+        digests = [_digest(img) for img in images]
+        _tokenize_into(mtmd_ctx, chunks, text, images, digests, add_special)
+        prompt.pieces = _pieces(mtmd_ctx, chunks, dict(zip(digests, (img.name for img in images), strict=True)))
     except BaseException:
         prompt.close()
         raise
     return prompt
 
 
-def _tokenize_into(mtmd_ctx, chunks, text: str, images: list[RGBImage], add_special: bool) -> None:
+def _tokenize_into(mtmd_ctx, chunks, text: str, images: list[RGBImage], digests: list[str], add_special: bool):
     bitmaps = []
     try:
-        for img in images:
+        for img, digest in zip(images, digests, strict=True):
             buf = (ctypes.c_uint8 * len(img.data)).from_buffer_copy(img.data)  # (ny, nx, 3) RGB
             bitmap = mtmd.mtmd_bitmap_init(img.nx, img.ny, buf)
             if not bitmap:
                 raise ValueError(f"{img.name}: mtmd could not take a {img.nx}x{img.ny} image")
             bitmaps.append(bitmap)
+            mtmd.mtmd_bitmap_set_id(bitmap, digest.encode())  # mtmd copies it to every chunk of the image
         raw = text.encode("utf-8")
         inp = mtmd.mtmd_input_text(text=raw, text_len=len(raw), add_special=add_special, parse_special=True)
         arr = (mtmd.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
@@ -197,10 +202,17 @@ def _tokenize_into(mtmd_ctx, chunks, text: str, images: list[RGBImage], add_spec
             mtmd.mtmd_bitmap_free(bitmap)
 
 
-def _pieces(mtmd_ctx, chunks, names: list[str]) -> list[Piece]:
+def _digest(img: RGBImage) -> str:
+    from .embedding_cache import pixel_digest
+
+    return pixel_digest(img.nx, img.ny, img.data)
+
+
+def _pieces(mtmd_ctx, chunks, names: dict[str, str]) -> list[Piece]:
+    """Pieces of the chunks; `names` maps an image's digest (its bitmap id) to its name."""
     pieces: list[Piece] = []
     mrope = mtmd.mtmd_decode_use_mrope(mtmd_ctx)
-    names = iter(names)
+    seen: dict[str, int] = {}  # chunks so far per image digest (tiles of one image share it)
     for i in range(mtmd.mtmd_input_chunks_size(chunks)):
         chunk = mtmd.mtmd_input_chunks_get(chunks, i)
         kind = mtmd.mtmd_input_chunk_get_type(chunk)
@@ -208,10 +220,17 @@ def _pieces(mtmd_ctx, chunks, names: list[str]) -> list[Piece]:
             n = ctypes.c_size_t()
             ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
             tokens = [ptr[j] for j in range(n.value)]
+            if any(t < 0 for t in tokens):  # mtmd looked up a token the vocabulary does not have
+                raise ValueError(
+                    "mtmd put an unknown token (-1) in the text around an image: the text model's vocabulary lacks "
+                    "the image tokens its mmproj's projector uses; use the text model made for this mmproj"
+                )
             if tokens:
                 pieces.append(TextPiece(tokens))
         elif kind == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
             image_tokens = mtmd.mtmd_input_chunk_get_tokens_image(chunk)
+            digest = (mtmd.mtmd_input_chunk_get_id(chunk) or b"").decode()
+            k = seen[digest] = seen.get(digest, -1) + 1
             grid = None
             if mrope:
                 grid = (mtmd.mtmd_image_tokens_get_nx(image_tokens), mtmd.mtmd_image_tokens_get_ny(image_tokens))
@@ -220,10 +239,11 @@ def _pieces(mtmd_ctx, chunks, names: list[str]) -> list[Piece]:
                     n_tokens=mtmd.mtmd_input_chunk_get_n_tokens(chunk),
                     n_pos=mtmd.mtmd_input_chunk_get_n_pos(chunk),
                     non_causal=bool(mtmd.mtmd_decode_use_non_causal(mtmd_ctx, chunk)),
-                    name=next(names, "image"),
+                    name=names.get(digest, "image"),
                     chunk=chunk,
                     grid=grid,
                     image_tokens=image_tokens,
+                    digest=f"{digest}:{k}" if digest in names else None,
                 )
             )
         else:

@@ -79,7 +79,7 @@ def stage_budgets(config: PruneConfig, n_image: int) -> tuple[int, int]:
     """
     if not _is_count(n_image):
         raise ValueError(f"n_image must be an integer >= 0, got {n_image!r}")
-    if not config.enabled:
+    if not config.enabled or n_image == 0:  # a text-only prompt (a later chat turn) has nothing to prune
         return n_image, n_image
     pre = config.pre_stage
     b1 = n_image if pre is None else n_keep(pre, n_image)

@@ -11,13 +11,34 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class ImageStats:
-    """One image of a prefill."""
+    """One image of a prefill.
+
+    grid is the (nx, ny) token grid: mtmd's own for dynamic-resolution (M-RoPE) projectors, where a
+    cap reshapes it; (s, s) for a fixed-resolution projector whose n_tokens is s * s (every image
+    is resized to one square); None when neither is known (tiles, pseudo images without a grid).
+    cached: the rows came from the embedding cache (encode_ms is then the lookup's time).
+    """
 
     name: str
     n_tokens: int  # rows the encoder produced
-    grid: tuple[int, int] | None  # (nx, ny) patch grid of an M-RoPE image
+    grid: tuple[int, int] | None  # (nx, ny) token grid, see above
     n_decoded: int  # rows decoded into the LLM (after any pre-LLM selection)
     encode_ms: float
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class ThreadCounts:
+    """The threads a model runs on, as llama.cpp and mtmd were given them."""
+
+    decode: int  # llama_n_threads: one token at a time
+    batch: int  # llama_n_threads_batch: the prompt (prefill)
+    encoder: int | None  # mtmd's vision encoder; None without an mmproj
+
+    def describe(self) -> str:
+        """'threads 1 decode / 1 batch / 1 encoder'."""
+        enc = f" / {self.encoder} encoder" if self.encoder is not None else ""
+        return f"threads {self.decode} decode / {self.batch} batch{enc}"
 
 
 @dataclass
@@ -65,6 +86,7 @@ class GenerationResponse:
     decode_tps: float = 0.0  # generated tokens per second after the first
     flops_ratio: float = 1.0  # paper eq. 5, this prefill vs. stock (1.0 = no saving)
     finish_reason: str | None = None
+    plan: object | None = None  # planner.Plan of a request with a TTFT budget (its prediction), else None
 
     @property
     def prompt_tokens(self) -> int:

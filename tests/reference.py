@@ -16,6 +16,10 @@ FastV (K, keep): layers [0, K) run over every prompt token; layers [K, L) only o
 tokens and kept image tokens, at their original positions. The KV cache of layer il holds
 exactly the tokens that layer processed, so later tokens see everything in layers < K and
 only text + kept image tokens in layers >= K.
+
+Pre-LLM selection (pre_keep): the image tokens not in pre_keep never enter any layer, and the
+kept ones keep the positions they would have had; the next token still comes after the whole
+image. With K as well, FastV then ranks and prunes the pre-kept tokens (two stages).
 """
 
 from __future__ import annotations
@@ -36,6 +40,25 @@ def topk_keep(scores, drop_ratio: float) -> np.ndarray:
     n_keep = int(len(scores) * (1.0 - float(np.float32(drop_ratio))))
     order = np.argsort(-scores, kind="stable")  # (N,) best first, ties in prompt order
     return np.sort(order[:n_keep])
+
+
+def entering_rows(is_image: np.ndarray, pre_keep) -> np.ndarray:
+    """(n,) bool: the prompt rows that enter the model when only the image rows pre_keep do.
+
+    Args:
+        is_image: (n,) bool, which prompt rows are image (embd) rows.
+        pre_keep: indices into the prompt's image rows, or None for every row.
+    """
+    enter = np.ones(len(is_image), dtype=bool)
+    if pre_keep is None:
+        return enter
+    image_idx = np.flatnonzero(is_image)  # (N,)
+    pre_keep = np.asarray(pre_keep, dtype=np.int64)
+    if pre_keep.size and (pre_keep.min() < 0 or pre_keep.max() >= len(image_idx)):
+        raise ValueError(f"pre_keep indices must be in [0, {len(image_idx)})")
+    enter[image_idx] = False
+    enter[image_idx[pre_keep]] = True
+    return enter
 
 
 def _field(reader: gguf.GGUFReader, key: str, default=None):
@@ -168,7 +191,7 @@ class Ref:
                 raise ValueError(f"segment kind must be 'tokens' or 'embd', got {kind!r}")
         return np.concatenate(rows), np.concatenate(is_image)  # (n, n_embd), (n,)
 
-    def prefill(self, segments, K=None, keep=None, append=False) -> dict:
+    def prefill(self, segments, K=None, keep=None, append=False, pre_keep=None) -> dict:
         """Evaluate a prompt; optionally score and prune image tokens FastV-style.
 
         Args:
@@ -176,8 +199,11 @@ class Ref:
                 prompt order; positions continue from 0 (or from the cache when append).
             K: layers [0, K) see every token; scores come from layer K-1. None: no FastV.
             keep: indices into this prompt's image (embd) tokens kept from layer K on;
-                None keeps all (scores are still computed when K is given).
+                None keeps all (scores are still computed when K is given). With
+                pre_keep, indices into the pre-kept image tokens.
             append: continue after the current cache instead of starting afresh.
+            pre_keep: indices into this prompt's image tokens that enter the model at all
+                (selected before the LLM, at their original positions); None: all.
 
         Returns:
             {"logits": (n_vocab,) for the last prompt token, "scores": (N,) last token's
@@ -187,6 +213,10 @@ class Ref:
         if not append:
             self._reset()
         x, is_image = self._embed(segments)  # (n, n_embd), (n,)
+        n_all = x.shape[0]
+        pos = self.n_past + np.arange(n_all)
+        enter = entering_rows(is_image, pre_keep)
+        x, is_image, pos = x[enter], is_image[enter], pos[enter]
         n = x.shape[0]
         if n == 0:
             raise ValueError("empty prompt")
@@ -204,7 +234,6 @@ class Ref:
             active[image_idx[keep]] = True
             if not active[-1]:
                 raise ValueError("the last prompt token is a pruned image token: no logits")
-        pos = self.n_past + np.arange(n)
         rows = np.arange(n)  # prompt indices of the rows of x
         scores = None
         for il in range(self.n_layer):
@@ -216,7 +245,7 @@ class Ref:
                 n_cache = self.cache_pos[il].shape[0]
                 cols = n_cache - n + image_idx  # this prompt's columns in the layer cache
                 scores = probs[:, -1, cols].mean(axis=0)  # (N,) head mean of the last row
-        self.n_past += n
+        self.n_past += n_all  # dropped image rows keep their positions
         return {"logits": self._logits(x[-1]), "scores": scores, "image_idx": image_idx}
 
     def decode(self, token: int) -> np.ndarray:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from reference import _dequantize, _field, _rms_norm
+from reference import _dequantize, _field, _rms_norm, entering_rows
 
 META_KEYS = ("p", "y", "x", "rope", "step", "causal")  # per token / per cache cell
 
@@ -231,15 +231,19 @@ class _ArchRef:
     def _logits(self, x_last: np.ndarray) -> np.ndarray:
         return _rms_norm(x_last, self.w["output_norm.weight"], self.eps) @ self.lm_head.T
 
-    def prefill(self, segments, K=None, keep=None, append=False) -> dict:
+    def prefill(self, segments, K=None, keep=None, append=False, pre_keep=None) -> dict:
         """Evaluate a prompt; optionally score and prune image tokens FastV-style.
 
         Args:
             segments: see the module docstring; one llama_decode call each, in prompt order.
             K: layers [0, K) see every token; scores come from layer K-1. None: no FastV.
             keep: indices into this prompt's image (embd) tokens kept from layer K on;
-                None keeps all (scores are still computed when K is given).
+                None keeps all (scores are still computed when K is given). With
+                pre_keep, indices into the pre-kept image tokens.
             append: continue after the current cache instead of starting afresh.
+            pre_keep: indices into this prompt's image tokens that enter the model at all
+                (selected before the LLM; they keep their positions, n_past still advances
+                past the whole image); None: all.
 
         Returns:
             {"logits": (n_vocab,) for the last prompt token, "scores": (N,) last token's
@@ -252,7 +256,9 @@ class _ArchRef:
             raise ValueError(f"K must be in [1, {self.n_layer}], got {K}")
         if keep is not None and K is None:
             raise ValueError("keep needs K")
-        x, meta, is_image = self._embed(segments)  # (n, n_embd)
+        x, meta, is_image = self._embed(segments)  # (n, n_embd); n_past advanced past every row
+        enter = entering_rows(is_image, pre_keep)
+        x, is_image, meta = x[enter], is_image[enter], {key: val[enter] for key, val in meta.items()}
         n = x.shape[0]
         if n == 0:
             raise ValueError("empty prompt")

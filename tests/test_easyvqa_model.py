@@ -104,11 +104,11 @@ def test_prune_eval_script_writes_a_sane_table(tmp_path):
     table = prune_eval.merge(tmp_path / "shards", tmp_path / "docs")
     result = json.loads((tmp_path / "docs" / "easyvqa-accuracy.json").read_text())
     names = [name for name, _ in prune_eval.configs()]
-    assert result["n"] == 3 and sorted(result["accuracy"]) == sorted(names) and len(names) == 25
+    assert result["n"] == 3 and sorted(result["accuracy"]) == sorted(names) and len(names) == 25 + 16
     assert all(0.0 <= acc <= 1.0 for acc in result["accuracy"].values())
     assert result["accuracy"]["baseline"] >= 2 / 3  # 99.5% model: at most one miss in 3
     assert (tmp_path / "docs" / "img" / "easyvqa-accuracy.png").stat().st_size > 0
-    assert "| 128 (R=50%) |" in table and "random K=2" in table
+    assert "| 128 (R=50%) |" in table and "random K=2" in table and "| divprune K=0 | dart K=0 |" in table
     rows = [r for p in (tmp_path / "shards").glob("shard-*.json") for r in json.loads(p.read_text())["rows"]]
     assert sorted(r["q"] for r in rows) == prune_eval.sample(3)
     assert all(r[name] in CLASSES for r in rows for name in ("baseline", "fastv K=2 R=0.50"))

@@ -133,7 +133,7 @@ def test_ended_prefill_removes_its_cells(drv, ending):
     assert not has_logits(drv)
     assert status(nv.get_kept, drv.ctx) == Status.BAD_STATE
     extra = drv.tokenize(" A")
-    assert drv.try_decode(extra) != 0  # the caller's next position leaves a gap: refused
+    assert drv.try_decode(extra, pos0=n_prefix - 1) != 0  # the prefix stays: its last position is taken
     assert drv.try_decode(extra, pos0=n_prefix) == 0  # decoding where the memory ends is stock
     got = drv.logits()
     drv.clear()

@@ -165,28 +165,27 @@ def test_hide_misuse(drv, nv):
 
 
 @pytest.fixture(scope="module")
-def qwen2_path(tiny_dir):
-    """A tiny text-only Qwen2 (arch qwen2): the patch has no stage hooks in that graph."""
-    from fastv_edge.testing.llama_gguf import add_transformer_keys, write_model_gguf
-    from fastv_edge.testing.make_tiny_archs import random_qwen2vl_weights
-    from fastv_edge.testing.qwen2vl_gguf import Qwen2VLHParams, tensor_shapes
+def unhooked_path(tiny_dir):
+    """A tiny text-only SmolLM3 (arch smollm3, llama's tensors): the patch has no stage hooks in that graph."""
+    from fastv_edge.testing.llama_gguf import LlamaHParams, add_transformer_keys, tensor_shapes, write_model_gguf
+    from fastv_edge.testing.make_tiny import random_llama_weights
 
-    hp = Qwen2VLHParams()
-    path = tiny_dir / "tiny-qwen2.gguf"
+    hp = LlamaHParams()
+    path = tiny_dir / "tiny-smollm3.gguf"
 
     def add_keys(writer):
         add_transformer_keys(writer, hp)
         writer.add_rope_freq_base(hp.rope_freq_base)
         writer.add_layer_norm_rms_eps(hp.rms_eps)
 
-    return write_model_gguf(path, "qwen2", add_keys, tensor_shapes(hp), random_qwen2vl_weights(hp, 0), hp.n_vocab)
+    return write_model_gguf(path, "smollm3", add_keys, tensor_shapes(hp), random_llama_weights(hp, 0), hp.n_vocab)
 
 
-def test_unsupported_architecture(nv, qwen2_path):
+def test_unsupported_architecture(nv, unhooked_path):
     """An architecture without the stage hooks is refused, never run with wrong semantics."""
     from llama_driver import LlamaDriver
 
-    with LlamaDriver(qwen2_path, n_ctx=256) as drv:
+    with LlamaDriver(unhooked_path, n_ctx=256) as drv:
         assert nv.llama_fastv_begin(drv.ctx, 0, 2) == UNSUPPORTED
         pos = (ctypes.c_int32 * 1)(0)
         assert nv.llama_fastv_hide(drv.ctx, 0, pos, 1, 2) == UNSUPPORTED

@@ -64,3 +64,15 @@ def test_paper_anchor_13b_k2_r50_saves_about_45_percent():
 def test_rejects_impossible_counts(args):
     with pytest.raises(ValueError):
         flops_ratio(*args, layer=2, **LLAVA_7B)
+
+
+def test_pre_llm_and_two_stages_count_what_entered_the_llm():
+    f = lambda n: layer_flops(n, 4096, 11008)  # noqa: E731
+    # divprune keeps 192 of 576 before the LLM: every layer sees 64 text + 192 image tokens
+    assert flops_ratio(640, 576, 192, layer=0, n_entered=256, **LLAVA_7B) == pytest.approx(f(256) / f(640))
+    # then FastV at K=2 keeps 64 of those 192: layers 0-1 see 256 tokens, layers 2-31 see 128
+    two = flops_ratio(640, 576, 64, layer=2, n_entered=256, **LLAVA_7B)
+    assert two == pytest.approx((2 * f(256) + 30 * f(128)) / (32 * f(640)))
+    assert two < flops_ratio(640, 576, 64, layer=2, **LLAVA_7B)  # cheaper than FastV alone at the same kept count
+    with pytest.raises(ValueError):
+        flops_ratio(640, 576, 64, layer=2, n_entered=100, **LLAVA_7B)  # fewer entered than kept

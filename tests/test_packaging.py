@@ -21,6 +21,7 @@ UNDECLARED = {
     "llama_cpp": "the patched build; pip would compile a stock copy (install_command() says what to run)",
     "matplotlib": "bench plots only: the 'bench' extra; bench says 'pip install matplotlib' and skips them",
     "easy_vqa": "the demo's test image only; the demo says 'pip install easy-vqa' and runs the tiny model",
+    "skimage": "quantize-mmproj's default photo only; without it, it asks for --image PHOTO or --no-measure",
 }
 
 

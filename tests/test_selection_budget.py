@@ -68,6 +68,9 @@ def test_split_budget_rejects(counts, k, message):
         (PruneConfig(keep=64, pre="dart:r=0.5"), 128, (64, 64)),  # B2 = B1 is allowed
         (PruneConfig(strategy="divprune", keep=0), 10, (0, 0)),  # keep no image token
         (PruneConfig(), 0, (0, 0)),  # no image
+        (PruneConfig(keep=64), 0, (0, 0)),  # absolute budgets of a text-only turn: nothing to prune, no error
+        (PruneConfig(strategy="divprune", keep=16), 0, (0, 0)),
+        (PruneConfig(keep=8, pre="cdpruner:16"), 0, (0, 0)),
     ],
 )
 def test_stage_budgets(config, n, budgets):

@@ -1,7 +1,7 @@
 """Measure one model file over the grid: warm-up, then repetitions in which stock and every
 pruned configuration alternate, all in one process with a fixed thread count.
 
-Per run: image encode, phase-1 (shallow) and phase-2 (deep) prefill, time to first token
+Per run: image encode, pre-LLM selection time, phase-1 (shallow) and phase-2 (deep) prefill, time to first token
 (tokenize + encode + prefill + first argmax), decode tokens/s over a fixed number of tokens
 (EOS ignored, teacher-forced on the stock run's greedy tokens so every configuration decodes
 the same tokens), peak RSS (system.PeakRSS), KV cells hidden, N and kept.
@@ -28,6 +28,7 @@ from .. import _native
 from ..config import PruneConfig, RuntimeConfig
 from ..decode import TokenBatch
 from ..model import load, read_model_info
+from ..pruning import stage_budgets
 from .fidelity import Comparison, Reference
 from .grid import BenchSettings, GridPoint, ModelSpec, expand_grid
 from .system import PeakRSS
@@ -41,6 +42,7 @@ class RunRecord:
     """One timed run of one configuration."""
 
     encode_ms: float
+    select_ms: float  # choosing the kept rows outside llama.cpp (pre-LLM selection, random's draw)
     shallow_ms: float
     deep_ms: float
     prefill_ms: float
@@ -52,6 +54,7 @@ class RunRecord:
     rss_before_mb: float
     n_kept: int
     n_hidden: int
+    n_cells: int  # KV cells the prompt occupies: text + the image rows that entered the LLM
 
 
 @dataclass
@@ -124,6 +127,7 @@ class Runner:
                 observe(logits)
         record = RunRecord(
             encode_ms=stats.encode_ms,
+            select_ms=stats.select_ms,
             shallow_ms=stats.shallow_ms,
             deep_ms=stats.deep_ms,
             prefill_ms=stats.prefill_ms,
@@ -135,6 +139,7 @@ class Runner:
             rss_before_mb=rss_before,
             n_kept=stats.n_kept,
             n_hidden=n_hidden,
+            n_cells=stats.n_cells,
         )
         return record, tokens
 
@@ -156,8 +161,10 @@ def _shape_notes(path: str) -> list[str]:
 def _usable(points: list[GridPoint], n_image: int, notes: list[str]) -> list[GridPoint]:
     kept = []
     for p in points:
-        if p.keep is not None and p.keep > n_image:
-            notes.append(f"skipped {p.label}: only {n_image} image tokens")
+        try:
+            stage_budgets(p.prune(0), n_image)  # a keep above N, or above what a first stage leaves
+        except ValueError as e:
+            notes.append(f"skipped {p.label}: {e}")
             continue
         kept.append(p)
     return kept
@@ -205,6 +212,9 @@ def bench_model(
         n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch,
         flash_attn=settings.flash_attn,
+        image_min_tokens=settings.image_min_tokens,
+        image_max_tokens=settings.image_max_tokens,
+        embedding_cache=False,  # every configuration pays its own encode, as a first request would
     )
     with load(spec.path, spec.mmproj, runtime=runtime, prune=PruneConfig(strategy="none")) as model:
         workload = make_workload(model, spec, settings.seed)
@@ -217,7 +227,7 @@ def bench_model(
             workload.n_image_tokens,
             [],
         )
-        run.points = _usable(expand_grid(settings, info.n_layer), workload.n_image_tokens, run.notes)
+        run.points = _usable(expand_grid(settings, info.n_layer, run.notes), workload.n_image_tokens, run.notes)
         if run.synthetic:
             run.notes.append("synthetic weights: speed is representative, fidelity is not reported")
             run.notes += _shape_notes(spec.path)

@@ -3,8 +3,9 @@
 ttft_k{K}.png  left: time to first token vs drop ratio, one colour per model file (quantization),
                stock as a dashed line, theory (encode + stock prefill x FLOPs ratio) dotted;
                right: measured prefill ratio FastV/stock vs the FLOPs ratio of eq. 5.
-fidelity.png   argmax agreement and mean KL vs drop ratio (real weights only), fastv solid,
-               random dashed.
+ttft_k0.png    the same for the strategies that select before the LLM (one marker each).
+fidelity.png   argmax agreement and mean KL vs drop ratio (real weights only), one line style
+               per strategy (fastv solid, random dashed). Two-stage points are in the tables only.
 Keep budgets are placed at their equivalent drop ratio 1 - kept/N; stock is the R=0 point.
 Re-plot a saved result with: python -m fastv_edge.bench.plots OUT/results.json
 """
@@ -20,7 +21,7 @@ def _budget(row: dict) -> float:
 
 def _series(rows: list[dict], file: str, strategy: str, k: int) -> list[dict]:
     """The rows of one line, stock first (it is the R=0 end of every line)."""
-    mine = [r for r in rows if r["file"] == file and r["strategy"] == strategy and r["k"] == k]
+    mine = [r for r in rows if r["file"] == file and r["strategy"] == strategy and r["k"] == k and not r.get("pre")]
     if not mine:
         return []
     stock = [r for r in rows if r["file"] == file and r["strategy"] == "none"]
@@ -31,8 +32,19 @@ def _title_suffix(models: list[dict]) -> str:
     return " (SYNTHETIC weights)" if all(m["synthetic_weights"] for m in models) else ""
 
 
+STYLES = {
+    "fastv": ("-", "o"),
+    "random": ("--", "x"),
+    "divprune": (":", "s"),
+    "dart": ("-.", "^"),
+    "cdpruner": (":", "D"),
+}
+PRE_LLM = ("divprune", "dart", "cdpruner", "random")
+
+
 def plot_ttft(result: dict, k: int, path: Path) -> Path:
-    """TTFT and prefill ratio vs budget for FastV at layer K, one line per model file."""
+    """TTFT and prefill ratio vs budget at layer K, one colour per model file: FastV (K >= 1) or
+    every strategy that selects before the LLM (K = 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,33 +56,22 @@ def plot_ttft(result: dict, k: int, path: Path) -> Path:
     for i, m in enumerate(models):
         color = colors[i % len(colors)]
         stock = next(r for r in rows if r["file"] == m["file"] and r["strategy"] == "none")
-        pts = _series(rows, m["file"], "fastv", k)
-        if not pts:
-            continue
-        xs = [_budget(r) for r in pts]
-        label = f"{m['quantization']} {m['file']}"
-        med = [r["ttft_ms"]["median"] / 1e3 for r in pts]
-        err = [
-            [(r["ttft_ms"]["median"] - r["ttft_ms"]["min"]) / 1e3 for r in pts],
-            [(r["ttft_ms"]["max"] - r["ttft_ms"]["median"]) / 1e3 for r in pts],
-        ]
-        ax_t.errorbar(xs, med, yerr=err, marker="o", color=color, label=f"FastV {label}", capsize=3)
         ax_t.axhline(stock["ttft_ms"]["median"] / 1e3, color=color, linestyle="--", linewidth=1)
-        # stock TTFT with only its LLM prefill scaled by eq. 5 (encode and the rest unchanged)
-        s_ttft, s_pre = stock["ttft_ms"]["median"], stock["prefill_ms"]["median"]
-        theory = [(s_ttft - s_pre * (1.0 - r["flops_ratio"])) / 1e3 for r in pts]
-        ax_t.plot(xs, theory, linestyle=":", color=color, label=f"theory (eq. 5) {m['quantization']}")
-        ax_r.plot(xs, [r["prefill_ratio"] for r in pts], marker="o", color=color, label=f"wall time {label}")
-        ax_r.plot(xs, [r["prefill_cpu_ratio"] for r in pts], marker="x", linestyle="--", color=color, label="CPU time")
-        ax_r.plot(xs, [r["flops_ratio"] for r in pts], linestyle=":", color=color, label="FLOPs ratio (eq. 5)")
+        drawn = False  # eq. 5 depends on the kept count only: one theory line per file
+        for strategy in ("fastv",) if k else PRE_LLM:
+            pts = _series(rows, m["file"], strategy, k)
+            if pts:
+                _ttft_lines(ax_t, ax_r, pts, stock, color, strategy, f"{m['quantization']} {m['file']}", not drawn)
+                drawn = True
+    what = f"FastV K={k}" if k else "selection before the LLM (K=0)"
     ax_t.set(
         xlabel="drop ratio R (share of image tokens pruned)",
         ylabel="time to first token (s)",
-        title=f"TTFT, FastV K={k}; dashed = stock" + _title_suffix(models),
+        title=f"TTFT, {what}; dashed = stock" + _title_suffix(models),
     )
     ax_r.set(
         xlabel="drop ratio R",
-        ylabel="LLM prefill time, FastV / stock",
+        ylabel="LLM prefill time, pruned / stock",
         ylim=(0, 1.1),
         title="prefill ratio: measured vs theory",
     )
@@ -82,6 +83,27 @@ def plot_ttft(result: dict, k: int, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _ttft_lines(ax_t, ax_r, pts, stock, color, strategy, label, theory: bool) -> None:
+    xs = [_budget(r) for r in pts]
+    style, marker = STYLES.get(strategy, ("-", "o"))
+    name = "FastV" if strategy == "fastv" else strategy
+    med = [r["ttft_ms"]["median"] / 1e3 for r in pts]
+    err = [
+        [(r["ttft_ms"]["median"] - r["ttft_ms"]["min"]) / 1e3 for r in pts],
+        [(r["ttft_ms"]["max"] - r["ttft_ms"]["median"]) / 1e3 for r in pts],
+    ]
+    ax_t.errorbar(xs, med, yerr=err, marker=marker, color=color, label=f"{name} {label}", capsize=3)
+    ax_r.plot(xs, [r["prefill_ratio"] for r in pts], marker=marker, color=color, label=f"{name} wall time {label}")
+    if not theory:
+        return
+    # stock TTFT with only its LLM prefill scaled by eq. 5 (encode and the rest unchanged)
+    s_ttft, s_pre = stock["ttft_ms"]["median"], stock["prefill_ms"]["median"]
+    ttft = [(s_ttft - s_pre * (1.0 - r["flops_ratio"])) / 1e3 for r in pts]
+    ax_t.plot(xs, ttft, linestyle=":", color=color, label=f"theory (eq. 5) {label}")
+    ax_r.plot(xs, [r["prefill_cpu_ratio"] for r in pts], marker="x", linestyle="--", color=color, label="CPU time")
+    ax_r.plot(xs, [r["flops_ratio"] for r in pts], linestyle=":", color=color, label="FLOPs ratio (eq. 5)")
 
 
 def plot_fidelity(result: dict, path: Path) -> Path | None:
@@ -98,7 +120,7 @@ def plot_fidelity(result: dict, path: Path) -> Path | None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     keys = sorted({(r["file"], r["k"]) for r in rows if r["strategy"] != "none"})
     for i, (file, k) in enumerate(keys):
-        for strategy, style in (("fastv", "-"), ("random", "--")):
+        for strategy, (style, _) in STYLES.items():
             pts = _series(rows, file, strategy, k)
             if not pts:
                 continue
@@ -125,7 +147,10 @@ def plot_fidelity(result: dict, path: Path) -> Path | None:
 def write_plots(result: dict, out_dir: Path) -> list[Path]:
     """Every plot of the result into out_dir; returns the files written."""
     out = []
-    for k in sorted({r["k"] for r in result["rows"] if r["strategy"] == "fastv"}):
+    ks = {r["k"] for r in result["rows"] if r["strategy"] == "fastv" and not r.get("pre")}
+    if any(r["k"] == 0 for r in result["rows"]):
+        ks.add(0)
+    for k in sorted(ks):
         out.append(plot_ttft(result, k, out_dir / f"ttft_k{k}.png"))
     fid = plot_fidelity(result, out_dir / "fidelity.png")
     if fid:

@@ -17,7 +17,8 @@ QUICK_SETTINGS = dict(
     layers=(2,),
     drop_ratios=(0.0, 0.5, 0.75),
     keeps=(16,),
-    strategies=("fastv", "random"),
+    strategies=("fastv", "random", "divprune"),
+    pre=("dart:32",),
     reps=1,
     warmup=1,
     n_decode=8,
@@ -32,7 +33,8 @@ def _import_make_tiny():
 
 
 def quick_settings(n_threads: int) -> BenchSettings:
-    """The quick grid: K=2, R in {0, .5, .75}, keep=16, fastv and random, 1 rep, 8 decode tokens."""
+    """The quick grid: R in {0, .5, .75} and keep=16 for fastv and random at K=2, divprune before the LLM
+    and dart:32 then FastV at K=2; 1 rep, 8 decode tokens."""
     return BenchSettings(n_threads=n_threads, **QUICK_SETTINGS)
 
 

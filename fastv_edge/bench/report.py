@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # measure imports llama_cpp; the report itself needs no nativ
 
 METRICS = (
     "encode_ms",
+    "select_ms",
     "shallow_ms",
     "deep_ms",
     "prefill_ms",
@@ -33,17 +34,22 @@ METRICS = (
 SYNTHETIC_NOTE = "not reported: synthetic weights (speed does not depend on the values, fidelity does)"
 
 
-def token_layer_ratio(n: int, n_image: int, n_kept: int, n_layer: int, k: int | None) -> float:
-    """FastV/stock in token-layers: [K n + (L-K) n_hat] / (L n); 1.0 for stock (k None).
+def token_layer_ratio(
+    n: int, n_image: int, n_kept: int, n_layer: int, k: int | None, n_entered: int | None = None
+) -> float:
+    """Pruned/stock in token-layers: [K n_1 + (L-K) n_hat] / (L n); 1.0 for stock (k None).
 
-    What the patch should cost if a layer's time is linear in its tokens: without flash
-    attention its deep layers attend over all KV cells (pruned ones masked), so attention does
-    not shrink quadratically as eq. 5 assumes.
+    n_1 = n_entered, the tokens that entered the LLM (text + B1 after a pre-LLM selection; n
+    without one). K = 0 (selection before the LLM only) gives the tokens ratio n_hat / n =
+    (text + kept) / (text + N). What a prefill should cost if a layer's time is linear in its
+    tokens: without flash attention FastV's deep layers attend over all KV cells (pruned ones
+    masked), so attention does not shrink quadratically as eq. 5 assumes.
     """
     if k is None:
         return 1.0
+    n_1 = n if n_entered is None else n_entered
     n_hat = n - n_image + n_kept
-    return (k * n + (n_layer - k) * n_hat) / (n_layer * n)
+    return (k * n_1 + (n_layer - k) * n_hat) / (n_layer * n)
 
 
 def _spread(values: list[float]) -> dict:
@@ -69,6 +75,7 @@ def summarize(run: ModelRun, fidelity_on_synthetic: bool = False) -> list[dict]:
     for p in run.points:
         recs = run.records[p.label]
         n_kept = recs[0].n_kept if not p.is_stock else run.n_image_tokens
+        n_cells = recs[0].n_cells  # text + the image rows that entered the LLM
         theory = (
             1.0
             if p.is_stock
@@ -80,6 +87,7 @@ def summarize(run: ModelRun, fidelity_on_synthetic: bool = False) -> list[dict]:
                 layer=p.layer,
                 n_embd=info["n_embd"],
                 n_ff=info["n_ff"] or 4 * info["n_embd"],
+                n_entered=n_cells,
             )
         )
         row = {
@@ -91,13 +99,15 @@ def summarize(run: ModelRun, fidelity_on_synthetic: bool = False) -> list[dict]:
             "workload": run.workload,
             "config": p.label,
             "strategy": p.strategy,
-            "k": p.layer or None,
+            "k": None if p.is_stock else p.layer,  # 0: selection before the LLM only
+            "pre": p.pre,
             "drop_ratio": p.drop_ratio,
             "keep": p.keep,
             "n_prompt_tokens": run.n_prompt_tokens,
             "n_image_tokens": run.n_image_tokens,
             "n_kept": n_kept,
             "n_hidden": recs[0].n_hidden,
+            "n_cells": n_cells,
             "flops_ratio": theory,
         }
         for m in METRICS:
@@ -106,7 +116,7 @@ def summarize(run: ModelRun, fidelity_on_synthetic: bool = False) -> list[dict]:
         row["prefill_ratio"] = _paired(recs, stock, lambda r, s: r.prefill_ms / s.prefill_ms)
         row["prefill_ratio_vs_theory"] = row["prefill_ratio"] / theory
         row["token_layer_ratio"] = token_layer_ratio(
-            run.n_prompt_tokens, run.n_image_tokens, n_kept, info["n_layer"], p.layer or None
+            run.n_prompt_tokens, run.n_image_tokens, n_kept, info["n_layer"], row["k"], n_cells
         )
         row["prefill_cpu_ratio"] = _paired(recs, stock, lambda r, s: r.prefill_cpu_ms / max(s.prefill_cpu_ms, 1e-9))
         row["ttft_cpu_speedup"] = _paired(recs, stock, lambda r, s: s.ttft_cpu_ms / max(r.ttft_cpu_ms, 1e-9))
@@ -131,8 +141,9 @@ def _fmt(x, spec=".0f") -> str:
 def format_table(result: dict) -> str:
     """The terminal table: one block per model file (medians; prefill with min-max).
 
-    ratio = paired prefill wall-time ratio, cpu = the same on CPU time, theory = eq. 5,
-    x = TTFT speed-up over stock, hid = KV cells hidden from layers >= K.
+    ratio = paired prefill wall-time ratio, cpu = the same on CPU time, tok = tokens ratio
+    (token-layers, see token_layer_ratio), theory = eq. 5, x = TTFT speed-up over stock,
+    cells = KV cells the prompt occupies, hid = cells hidden from layers >= K, sel = selection ms.
     """
     meta, lines = result["meta"], []
     s = meta["settings"]
@@ -142,9 +153,10 @@ def format_table(result: dict) -> str:
         f"{meta['machine']['nproc']} cores | loadavg {meta['machine']['loadavg_start']} -> "
         f"{meta['machine'].get('loadavg_end')}"
     )
+    width = max([22] + [len(r["config"]) for r in result["rows"]])
     head = (
-        f"{'config':<22} {'kept/N':>9} {'hid':>4} {'enc':>6} {'ph1':>7} {'ph2':>7} "
-        f"{'prefill ms (min-max)':>21} {'ratio':>5} {'cpu':>5} {'theory':>6} {'TTFT ms':>8} {'x':>5} "
+        f"{'config':<{width}} {'kept/N':>9} {'cells':>5} {'hid':>4} {'enc':>6} {'sel':>5} {'ph1':>7} {'ph2':>7} "
+        f"{'prefill ms (min-max)':>21} {'ratio':>5} {'cpu':>5} {'tok':>5} {'theory':>6} {'TTFT ms':>8} {'x':>5} "
         f"{'tok/s':>6} {'RSS MB':>7} {'agree':>5} {'KL':>8}"
     )
     for m in result["models"]:
@@ -160,10 +172,13 @@ def format_table(result: dict) -> str:
         for r in rows:
             pf, tt = r["prefill_ms"], r["ttft_ms"]
             rng = f"{pf['median']:.0f} ({pf['min']:.0f}-{pf['max']:.0f})"
+            sel = r.get("select_ms", {}).get("median", 0.0)
             lines.append(
-                f"{r['config']:<22} {r['n_kept']:>4}/{r['n_image_tokens']:<4} {r['n_hidden']:>4} "
-                f"{r['encode_ms']['median']:>6.0f} {r['shallow_ms']['median']:>7.0f} {r['deep_ms']['median']:>7.0f} "
-                f"{rng:>21} {r['prefill_ratio']:>5.2f} {r['prefill_cpu_ratio']:>5.2f} {r['flops_ratio']:>6.2f} "
+                f"{r['config']:<{width}} {r['n_kept']:>4}/{r['n_image_tokens']:<4} {r.get('n_cells', 0):>5} "
+                f"{r['n_hidden']:>4} {r['encode_ms']['median']:>6.0f} {sel:>5.1f} "
+                f"{r['shallow_ms']['median']:>7.0f} {r['deep_ms']['median']:>7.0f} "
+                f"{rng:>21} {r['prefill_ratio']:>5.2f} {r['prefill_cpu_ratio']:>5.2f} "
+                f"{r['token_layer_ratio']:>5.2f} {r['flops_ratio']:>6.2f} "
                 f"{tt['median']:>8.0f} {r['ttft_speedup']:>5.2f} {r['decode_tps']['median']:>6.1f} "
                 f"{r['peak_rss_mb']['median']:>7.0f} "
                 f"{_fmt(r['agreement'], '.2f'):>5} {_fmt(r['kl'], '.2e'):>8}"
@@ -193,14 +208,16 @@ def format_markdown(result: dict) -> str:
             f"**{m['file']}** ({m['architecture']} {m['quantization']}, {m['n_prompt_tokens']} prompt tokens, "
             f"N={m['n_image_tokens']}, {m['workload']} image, {weights})",
             "",
-            "| config | kept/N | encode | phase 1 | phase 2 | prefill (min-max) | ratio wall | ratio CPU | "
-            "tokens ratio | eq. 5 | TTFT | speed-up | decode tok/s | peak RSS MB | agree | KL |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| config | kept/N | KV cells | encode | select | phase 1 | phase 2 | prefill (min-max) | ratio wall | "
+            "ratio CPU | tokens ratio | eq. 5 | TTFT | speed-up | decode tok/s | peak RSS MB | agree | KL |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in result["rows"] if r["file"] == m["file"]):
             pf = r["prefill_ms"]
+            sel = r.get("select_ms", {}).get("median", 0.0)
             out.append(
-                f"| {r['config']} | {r['n_kept']}/{r['n_image_tokens']} | {r['encode_ms']['median']:.0f} | "
+                f"| {r['config']} | {r['n_kept']}/{r['n_image_tokens']} | {r.get('n_cells', '-')} | "
+                f"{r['encode_ms']['median']:.0f} | {sel:.1f} | "
                 f"{r['shallow_ms']['median']:.0f} | {r['deep_ms']['median']:.0f} | "
                 f"{pf['median']:.0f} ({pf['min']:.0f}-{pf['max']:.0f}) | {r['prefill_ratio']:.3f} | "
                 f"{r['prefill_cpu_ratio']:.3f} | {r['token_layer_ratio']:.3f} | {r['flops_ratio']:.3f} | "

@@ -26,6 +26,7 @@ SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
     "helpful, detailed, and polite answers to the human's questions."
 )
+STOCK_PRUNE = PruneConfig(strategy="none")
 QUESTION = "Describe this picture in detail. What objects are there, what colours do they have, and where are they?"
 
 
@@ -60,7 +61,7 @@ class MtmdWorkload:
         self.text = prompt_text(model.marker, len(self.images)) if spec.prompt is None else spec.prompt
         with tokenize(model.llm, model.mtmd_ctx, self.text, self.images, add_special=True) as p:
             self.n_prompt_tokens, self.n_image_tokens = p.n_tokens, p.n_image_tokens
-            check_fits(p, PruneConfig(strategy="none"), 0, model.n_ctx)
+            check_fits(p, STOCK_PRUNE, 0, model.n_ctx)  # stock needs the most cells
             self.encode_cpu_ms = min(self._encode_cpu(p) for _ in range(2))  # the 1st also warms up
 
     def _encode_cpu(self, prompt) -> float:
@@ -88,13 +89,13 @@ class PseudoWorkload:
         llm = model.llm
         pre = llm.tokenize(f"{SYSTEM}\nUSER: ".encode(), add_bos=True, special=True)
         post = llm.tokenize(f"\n{QUESTION}\nASSISTANT:".encode(), add_bos=False, special=True)
+        self.n_prompt_tokens = len(pre) + n_image + len(post)
+        if self.n_prompt_tokens > model.n_ctx:  # before the rows are made: N x n_embd floats
+            raise ValueError(f"pseudo prompt needs {self.n_prompt_tokens} tokens, n_ctx is {model.n_ctx}; raise -c")
         self.image = pseudo_image(model, n_image, seed)
         self.prompt = Prompt([TextPiece(list(pre)), self.image, TextPiece(list(post))])
         self.n_image_tokens = n_image
         self.encode_cpu_ms = 0.0  # no vision encoder
-        self.n_prompt_tokens = self.prompt.n_tokens
-        if self.n_prompt_tokens > model.n_ctx:
-            raise ValueError(f"pseudo prompt needs {self.n_prompt_tokens} tokens, n_ctx is {model.n_ctx}; raise -c")
 
     def prefill(self, prune) -> tuple[int, PrefillStats]:
         return prefill(self.model.target, self.prompt, n_past=0, prune=prune)

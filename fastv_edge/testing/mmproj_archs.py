@@ -1,4 +1,5 @@
-"""Write tiny Qwen2-VL ('qwen2vl_merger'), Qwen3-VL ('qwen3vl_merger') and Gemma 3 ('gemma3') mmprojs that mtmd loads.
+"""Write tiny Qwen2-VL ('qwen2vl_merger'), Qwen2.5-VL ('qwen2.5vl_merger'), Qwen3-VL ('qwen3vl_merger') and
+Gemma 3 ('gemma3') mmprojs that mtmd loads.
 
 fastv_edge/testing/mmproj.py writes the LLaVA 'mlp' projector. These three are the projectors whose image
 tokens the text model handles differently, which is what FastV's qwen2vl and gemma3 paths
@@ -10,6 +11,11 @@ must get right end to end:
   concatenated and mapped by mm.0 -> GELU -> mm.2. mtmd resizes the image to a multiple of
   2 * patch_size (aspect kept), so the token grid follows the image: an (nx, ny) grid whose
   M-RoPE positions mtmd assigns per row and column.
+- qwen2.5vl_merger (tools/mtmd/models/qwen2vl.cpp, the same graph builder): Qwen2-VL's patch pair
+  and 2x2 merger, but RMS norms without biases (ln1, ln2, v.post_ln), a SwiGLU FFN with biases
+  (ffn_gate, ffn_up, ffn_down; clip.use_silu) and window attention: every layer attends within
+  112-pixel windows (grouped by window_idx / inv_window_idx) except each clip.vision.n_wa_pattern-th,
+  which attends to the whole image (Qwen2.5-VL: fullatt_block_indexes 7, 15, 23, 31 -> 8).
 - qwen3vl_merger (tools/mtmd/models/qwen3vl.cpp, tensors from clip.cpp load_tensors): Qwen2-VL's
   patch pair plus v.patch_embd.bias and a learned v.position_embd table (n_side^2 rows,
   bilinearly resized to the image's patch grid), a LayerNorm ViT with fused attn_qkv and
@@ -39,8 +45,9 @@ import numpy as np
 from fastv_edge.testing.llama_gguf import WEIGHT_TYPES
 from fastv_edge.testing.mmproj import add_vision_keys, write_clip_gguf
 
-PROJECTORS = ("qwen2vl_merger", "gemma3", "qwen3vl_merger")
-QWEN_MERGERS = ("qwen2vl_merger", "qwen3vl_merger")
+PROJECTORS = ("qwen2vl_merger", "gemma3", "qwen3vl_merger", "qwen2.5vl_merger")
+QWEN_MERGERS = ("qwen2vl_merger", "qwen3vl_merger", "qwen2.5vl_merger")
+QWEN25_WINDOW = 112  # pixels per window side: clip.cpp's default for qwen2.5vl_merger (no GGUF key)
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Gemma 3's SigLIP preprocessing
 QWEN2VL_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2-VL uses OpenAI CLIP's statistics
 QWEN2VL_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -55,6 +62,8 @@ class VisionHParams:
     merge: qwen2vl - the spatial merge (2 in every released model); gemma3 - the pooling
     kernel (4 in the released models: 896 px / 14 px = 64 patches -> 16 x 16 = 256 tokens).
     deepstack_layers: qwen3vl - vision layers with a deepstack merger (Qwen3-VL: 3, e.g. 5, 11, 17).
+    n_wa_pattern: qwen2.5vl - every n_wa_pattern-th layer attends to the whole image, the others
+        within windows (Qwen2.5-VL: 8).
     """
 
     projector: str
@@ -68,6 +77,7 @@ class VisionHParams:
     merge: int = 2
     eps: float = 1e-6
     deepstack_layers: tuple[int, ...] = ()
+    n_wa_pattern: int = 0
 
     def __post_init__(self):
         if self.projector not in PROJECTORS:
@@ -90,6 +100,10 @@ class VisionHParams:
             raise ValueError("deepstack_layers is a qwen3vl_merger hyperparameter")
         if list(layers) != sorted(set(layers)) or any(not 0 <= il < self.n_layer for il in layers):
             raise ValueError(f"deepstack_layers {layers} must be distinct ascending layers < n_layer={self.n_layer}")
+        # n_wa_pattern 1 would leave no windowed layer, and mtmd aborts setting the unused window mask
+        qwen25 = self.projector == "qwen2.5vl_merger"
+        if (qwen25 and self.n_wa_pattern < 2) or (not qwen25 and self.n_wa_pattern):
+            raise ValueError(f"n_wa_pattern must be >= 2 for qwen2.5vl_merger, 0 otherwise, got {self.n_wa_pattern}")
 
     @property
     def n_out(self) -> int:
@@ -108,22 +122,29 @@ def tensor_shapes(hp: VisionHParams) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"v.patch_embd.weight": (d, 3, p, p)}  # Conv2d (out, in, kh, kw)
     if hp.projector in QWEN_MERGERS:
         shapes["v.patch_embd.weight.1"] = (d, 3, p, p)  # second temporal slice of the 3-D conv
-    if hp.projector != "qwen2vl_merger":
+    if hp.projector not in ("qwen2vl_merger", "qwen2.5vl_merger"):  # no patch bias, no position table
         shapes["v.patch_embd.bias"] = (d,)
         shapes["v.position_embd.weight"] = ((hp.image_size // p) ** 2, d)
+    rms = hp.projector == "qwen2.5vl_merger"  # RMS norms: weights only
     for il in range(hp.n_layer):
         b = f"v.blk.{il}."
         for norm in ("ln1", "ln2"):
-            shapes[f"{b}{norm}.weight"] = shapes[f"{b}{norm}.bias"] = (d,)
+            shapes[f"{b}{norm}.weight"] = (d,)
+            if not rms:
+                shapes[f"{b}{norm}.bias"] = (d,)
         if hp.projector == "qwen3vl_merger":  # qwen3vl.cpp reads only the fused projection
             shapes[b + "attn_qkv.weight"], shapes[b + "attn_qkv.bias"] = (3 * d, d), (3 * d,)
         projs = ("attn_out",) if hp.projector == "qwen3vl_merger" else ("attn_q", "attn_k", "attn_v", "attn_out")
         for proj in projs:
             shapes[f"{b}{proj}.weight"] = (d, d)
             shapes[f"{b}{proj}.bias"] = (d,)
+        if rms:  # SwiGLU: down(silu(gate(x)) * up(x))
+            shapes[b + "ffn_gate.weight"], shapes[b + "ffn_gate.bias"] = (hp.n_ff, d), (hp.n_ff,)
         shapes[b + "ffn_up.weight"], shapes[b + "ffn_up.bias"] = (hp.n_ff, d), (hp.n_ff,)
         shapes[b + "ffn_down.weight"], shapes[b + "ffn_down.bias"] = (d, hp.n_ff), (d,)
-    shapes["v.post_ln.weight"] = shapes["v.post_ln.bias"] = (d,)
+    shapes["v.post_ln.weight"] = (d,)
+    if not rms:
+        shapes["v.post_ln.bias"] = (d,)
     d4, out = d * hp.merge**2, hp.projection_dim  # a 2x2 block of patches, concatenated
     for il in hp.deepstack_layers:
         b = f"v.deepstack.{il}."
@@ -197,8 +218,12 @@ def write_vision_mmproj(
         w.add_file_type(ftype)
         w.add_clip_has_vision_encoder(True)
         w.add_clip_projector_type(hp.projector)
-        mean, std = (QWEN2VL_MEAN, QWEN2VL_STD) if qwen2 else (SIGLIP_MEAN, SIGLIP_STD)
-        add_vision_keys(w, hp, not qwen2, mean, std)  # Qwen2-VL's ViT uses quick-GELU, the others GELU
+        mean, std = (QWEN2VL_MEAN, QWEN2VL_STD) if qwen2 or hp.n_wa_pattern else (SIGLIP_MEAN, SIGLIP_STD)
+        # Qwen2-VL's ViT uses quick-GELU, Qwen2.5-VL's SiLU (SwiGLU), the others GELU
+        add_vision_keys(w, hp, hp.projector in ("gemma3", "qwen3vl_merger"), mean, std)
+        if hp.n_wa_pattern:
+            w.add_bool("clip.use_silu", True)
+            w.add_uint32("clip.vision.n_wa_pattern", hp.n_wa_pattern)
         if hp.projector in QWEN_MERGERS:
             w.add_uint32("clip.vision.spatial_merge_size", hp.merge)
         else:

@@ -1,10 +1,12 @@
 """Accuracy of the shipped easy-vqa model against the pruning budget, through the patched llama.cpp.
 
 For each of the first --n test questions (a fixed, seeded sample of the easy-vqa test split)
-it answers with: the unpruned baseline, FastV at K in {1, 2, 3} x R in {25, 50, 75, 90} %, and
-seeded random pruning at the same K and budgets, and writes a JSON file per --shard. A shard file
-that exists is completed, not redone: only settings missing from it run. `--merge` joins the
-shards into a markdown table and a plot (accuracy vs kept image tokens).
+it answers with: the unpruned baseline, FastV at K in {1, 2, 3} x R in {25, 50, 75, 90} %,
+seeded random pruning at the same K and budgets, and, at the same budgets, the selections made
+before the LLM (K = 0): divprune, dart, cdpruner (ranked against the question's own tokens) and
+seeded random. It writes a JSON file per --shard. A shard file that exists is completed, not
+redone: only settings missing from it run. `--merge` joins the shards into markdown tables and a
+plot (accuracy vs kept image tokens).
 
     python -m models.easyvqa.prune_eval --n 1000 --shard 0/2 --out /tmp/pe &   # one core each
     python -m models.easyvqa.prune_eval --n 1000 --shard 1/2 --out /tmp/pe
@@ -23,6 +25,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RATIOS = (0.25, 0.5, 0.75, 0.9)
 LAYERS = (1, 2, 3)
+PRE_LLM = ("divprune", "dart", "cdpruner", "random")  # selections before the LLM, at K = 0
 N_IMAGE = 256
 
 
@@ -35,6 +38,8 @@ def configs():
         out += [
             (f"random K={k} R={r:.2f}", {"layer": k, "drop_ratio": r, "strategy": "random", "seed": 0}) for r in RATIOS
         ]
+    for strategy in PRE_LLM:
+        out += [(f"{strategy} K=0 R={r:.2f}", {"layer": 0, "drop_ratio": r, "strategy": strategy}) for r in RATIOS]
     return out
 
 
@@ -77,6 +82,7 @@ def run_shard(n: int, shard: int, n_shards: int, out: Path, threads: int) -> Pat
                     apply_template=False,
                     prune=PruneConfig(**kwargs),
                     max_tokens=4,
+                    instruction=questions[qi],  # cdpruner's text features: the question, not the template
                 ).strip()
         rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +130,7 @@ def merge(out: Path, docs: Path) -> str:
     for r in RATIOS:
         cells = [f"{acc[f'{s} K={k} R={r:.2f}']:.3f}" for s, k in columns]
         lines.append(f"| {int(N_IMAGE * (1 - r))} (R={int(r * 100)}%) | " + " | ".join(cells) + " |")
+    lines += ["", *_pre_llm_table(acc)]
     lines += ["", "| setting | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for name in names:
         if name == "baseline" or name.endswith(("R=0.50", "R=0.90")):
@@ -135,6 +142,20 @@ def merge(out: Path, docs: Path) -> str:
     (docs / "easyvqa-accuracy.json").write_text(json.dumps(result, indent=2))
     _plot(acc, docs / "img" / "easyvqa-accuracy.png")
     return table
+
+
+def _pre_llm_table(acc: dict) -> list[str]:
+    """Accuracy of the selections made before the LLM, next to FastV's best and worst K."""
+    columns = [f"{s} K=0" for s in PRE_LLM] + ["fastv K=2", "fastv K=3"]
+    lines = [
+        "| kept image tokens | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        f"| {N_IMAGE} (baseline) | " + " | ".join(f"{acc['baseline']:.3f}" for _ in columns) + " |",
+    ]
+    for r in RATIOS:
+        cells = [f"{acc[f'{c} R={r:.2f}']:.3f}" for c in columns]
+        lines.append(f"| {int(N_IMAGE * (1 - r))} (R={int(r * 100)}%) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot(acc: dict, path: Path) -> None:
@@ -150,10 +171,13 @@ def _plot(acc: dict, path: Path) -> None:
             values = [acc["baseline"]] + [acc[f"{strategy} K={k} R={r:.2f}"] for r in RATIOS]
             label = f"{'FastV' if strategy == 'fastv' else 'random'} K={k}"
             ax.plot(kept, values, style, marker="o" if strategy == "fastv" else "x", color=f"C{i}", label=label)
+    for i, strategy in enumerate(PRE_LLM, len(LAYERS)):
+        values = [acc["baseline"]] + [acc[f"{strategy} K=0 R={r:.2f}"] for r in RATIOS]
+        ax.plot(kept, values, ":", marker="s", color=f"C{i}", label=f"{strategy} K=0 (before the LLM)")
     ax.set_xlabel("image tokens kept (of 256)")
     ax.set_ylabel("accuracy")
     ax.set_title("easy-vqa: accuracy vs kept image tokens (1 = all answers right)")
-    ax.legend(ncol=2, fontsize=8)
+    ax.legend(ncol=2, fontsize=7)
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
