@@ -26,6 +26,10 @@ def test_settings_follow_the_strategy_list():
             names
         )
     assert len(names) == 1 + 4 * len(BUDGETS)  # no two-stage line without a strategy of TWO_STAGE_PRE
+    extra = [s.name for s in settings(8, ("fastv", "none"), extra_fastv=(6, 2))]
+    assert extra[1:] == [f"fastv K={k} keep={n}" for k in (2, 4, 6) for n in BUDGETS]  # K=2 once, table order
+    with pytest.raises(ValueError, match="1 <= K < 8"):
+        settings(8, ("fastv",), extra_fastv=(8,))
     later = [s for s in settings(8, ("fastv", "random", "none", "divprune", "cdpruner")) if s.name not in names]
     assert {s.family for s in later} == {"divprune", "cdpruner", "divprune+FastV K=2"}
     assert sorted(s.keep for s in later if s.family == "divprune") == sorted(BUDGETS)

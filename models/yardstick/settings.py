@@ -4,7 +4,8 @@ Every strategy in fastv_edge.config.STRATEGIES is swept, so strategies added to 
 are picked up without editing this file:
 
 - 'none': the stock llama.cpp path, once ('stock').
-- 'fastv': at K in {2, L/4, L/2} (deduplicated; L = the LM's layer count).
+- 'fastv': at K in {2, L/4, L/2} (deduplicated; L = the LM's layer count), plus any K the sweep's
+  --fastv-layers asks for.
 - 'random': at K = 0 (before the LLM) and K = 2 (FastV's two-phase prefill, random keep set).
 - any other strategy: before the LLM, PruneConfig(strategy=s, layer=0, keep=N).
 - two stages: PreSelect(s, keep=N1) before the LLM, then FastV at K = 2 down to N, with
@@ -65,16 +66,22 @@ def _two_stage(pre: str, keep1: int, keep: int) -> Callable[[int], object]:
     return make
 
 
-def settings(n_layer: int, strategies: tuple[str, ...] | None = None) -> list[Setting]:
+def settings(
+    n_layer: int, strategies: tuple[str, ...] | None = None, extra_fastv: tuple[int, ...] = ()
+) -> list[Setting]:
     """Every setting to evaluate, stock first.
 
     Args:
         n_layer: layers of the LM (for K = L/4, L/2).
         strategies: strategy names; None reads fastv_edge.config.STRATEGIES now.
+        extra_fastv: more FastV layers K to sweep besides {2, L/4, L/2} (1 <= K < L).
 
     Returns:
         The settings in table order.
     """
+    bad = [k for k in extra_fastv if not 1 <= k < n_layer]
+    if bad:
+        raise ValueError(f"FastV layers {bad} out of range: 1 <= K < {n_layer}")
     if strategies is None:
         from fastv_edge.config import STRATEGIES as strategies
     out = [Setting("stock", "stock", N_IMAGE, _prune(strategy="none"))]
@@ -83,7 +90,7 @@ def settings(n_layer: int, strategies: tuple[str, ...] | None = None) -> list[Se
         if s == "none":
             continue
         if s == "fastv":
-            layers = fastv_layers(n_layer)
+            layers = sorted(set(fastv_layers(n_layer)) | set(extra_fastv))
         elif s == "random":
             layers = list(RANDOM_LAYERS)
         else:

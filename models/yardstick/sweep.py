@@ -10,6 +10,7 @@ plots.
     nice -n 10 python -m models.yardstick.sweep --shard 0/2 &     # one process per core
     nice -n 10 python -m models.yardstick.sweep --shard 1/2
     python -m models.yardstick.sweep --merge                      # table, results.json, plots
+    python -m models.yardstick.sweep --shard 0/1 --fastv-layers 6   # add FastV at K = 6, answers only that
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ def _answer(model, setting, q: int, question: str, image) -> str:
 
 
 def run_shard(
-    per_kind: int, shard: int, n_shards: int, out: Path, threads: int = 1, save_every: int = 20, kinds=None
+    per_kind: int,
+    shard: int,
+    n_shards: int,
+    out: Path,
+    threads: int = 1,
+    save_every: int = 20,
+    kinds=None,
+    extra_fastv: tuple[int, ...] = (),
 ) -> Path:
     """Answer this shard's questions under every setting not answered yet; returns the shard file.
 
@@ -70,6 +78,7 @@ def run_shard(
         threads: llama.cpp threads (1 per process: one process per core).
         save_every: write the shard file after this many questions.
         kinds: question kinds to sample (None = all).
+        extra_fastv: FastV layers K to add to the settings (settings.settings).
 
     Returns:
         The shard file path.
@@ -86,7 +95,7 @@ def run_shard(
     skipped: dict[str, str] = {}  # retried on every run: a strategy may have landed since
     rows, t0 = [], time.perf_counter()
     with load_gguf(threads) as model:
-        todo = settings(model.info.n_layer)
+        todo = settings(model.info.n_layer, extra_fastv=extra_fastv)
         mine = sample(per_kind, kinds)[shard::n_shards]
         for i, qi in enumerate(mine):
             q = questions[qi]
@@ -114,6 +123,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shard", default="0/1", help="I/N: this process answers every N-th question from I")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder of the shard files")
     parser.add_argument("-t", "--threads", type=int, default=1)
+    parser.add_argument(
+        "--fastv-layers", type=int, nargs="+", default=[], help="FastV layers K to sweep besides 2, L/4 and L/2"
+    )
     parser.add_argument("--merge", action="store_true", help="join the shards in --out into table, JSON, plots")
     parser.add_argument("--img", type=Path, default=HERE.parent.parent / "docs" / "img", help="where plots go")
     args = parser.parse_args(argv)
@@ -124,7 +136,7 @@ def main(argv=None) -> int:
     if not 0 <= i < n:
         parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard}")
     kinds = tuple(args.kinds) if args.kinds else None
-    print(run_shard(args.per_kind, i, n, args.out, args.threads, kinds=kinds))
+    print(run_shard(args.per_kind, i, n, args.out, args.threads, kinds=kinds, extra_fastv=tuple(args.fastv_layers)))
     return 0
 
 
