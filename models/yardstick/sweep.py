@@ -111,7 +111,8 @@ def run_shard(
                     skipped[s.name] = f"{type(e).__name__}: {e}"
             rows.append(row)
             if (i + 1) % save_every == 0:
-                _save(path, rows + [previous[r] for r in mine[i + 1 :] if r in previous], skipped, todo, 0.0)
+                rest = [previous[r] for r in mine[i + 1 :] if r in previous]
+                _save(path, rows + rest, skipped, todo, done["seconds"] + time.perf_counter() - t0)
         _save(path, rows, skipped, todo, done["seconds"] + time.perf_counter() - t0)
     return path
 
