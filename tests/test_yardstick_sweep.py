@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models.yardstick.settings import BUDGETS, fastv_layers, settings
-from models.yardstick.sweep_report import bootstrap, merge, summarize
+from models.yardstick.sweep_report import bootstrap, merge, summarize, tables
 
 ROOT = Path(__file__).resolve().parent.parent
 YARDSTICK = ROOT / "models" / "yardstick"
@@ -30,6 +30,10 @@ def test_settings_follow_the_strategy_list():
     assert extra[1:] == [f"fastv K={k} keep={n}" for k in (2, 4, 6) for n in BUDGETS]  # K=2 once, table order
     with pytest.raises(ValueError, match="1 <= K < 8"):
         settings(8, ("fastv",), extra_fastv=(8,))
+    chance = [s.name for s in settings(8, ("random", "none"), extra_random=(6, 0))]
+    assert chance[1:] == [f"random K={k} keep={n}" for k in (0, 2, 6) for n in BUDGETS]  # K=0 once, table order
+    with pytest.raises(ValueError, match="0 <= K < 8"):
+        settings(8, ("random",), extra_random=(8,))
     later = [s for s in settings(8, ("fastv", "random", "none", "divprune", "cdpruner")) if s.name not in names]
     assert {s.family for s in later} == {"divprune", "cdpruner", "divprune+FastV K=2"}
     assert sorted(s.keep for s in later if s.family == "divprune") == sorted(BUDGETS)
@@ -98,6 +102,9 @@ def test_summary_statistics_on_synthetic_answers():
     d, lo, hi = lead["best_minus_second"]
     assert 0 < lo < d < hi and abs(d - 0.2) < 0.05
     assert "minus_random_k0" not in st["fastv K=2 keep=14"]  # no random K=0 setting in this sweep
+    assert st["fastv K=2 keep=14"]["minus_random_same_k"] == st["fastv K=2 keep=14"]["minus_random_k2"]
+    assert "minus_random_same_k" not in st["random K=2 keep=14"]
+    assert "FastV minus random at the same K" in tables(result)
     assert bootstrap(np.ones((1, 10), dtype=bool)).min() == 1.0
 
 

@@ -1,6 +1,7 @@
 """Draw which image patches each strategy keeps, on 4 test questions whose answer sits in few patches.
 
     python -m models.yardstick.pictures [--keep 28] [--out docs/img/yardstick-kept.png]
+    python -m models.yardstick.pictures --fastv-layers 6 --random-layers 6    # + FastV and random at K = 6
     python -m models.yardstick.pictures --examples docs/img/yardstick-examples.png   # data only
 
 One column per question (a glyph, a count, a spatial relation and an attribute of a small object),
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=int, default=28, help="budget (one of settings.BUDGETS)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--fastv-layers", type=int, nargs="+", default=[], help="FastV layers K besides 2, L/4, L/2")
+    parser.add_argument("--random-layers", type=int, nargs="+", default=[], help="random layers K besides 0, 2")
     parser.add_argument("--examples", type=Path, help="instead: draw 8 test pictures with their questions here")
     args = parser.parse_args(argv)
     if args.examples:
@@ -148,7 +151,8 @@ def main(argv=None) -> int:
     images, records = build_split(p, "test")
     chosen = pick_questions(records["questions"], records["scenes"], p)
     with load_gguf(1) as model:
-        todo = [s for s in settings(model.info.n_layer) if s.family == "stock" or s.keep == args.keep]
+        extra = {"extra_fastv": tuple(args.fastv_layers), "extra_random": tuple(args.random_layers)}
+        todo = [s for s in settings(model.info.n_layer, **extra) if s.family == "stock" or s.keep == args.keep]
         cell_px = p["image_size"] // GRID
         cells = [
             [

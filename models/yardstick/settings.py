@@ -6,7 +6,9 @@ are picked up without editing this file:
 - 'none': the stock llama.cpp path, once ('stock').
 - 'fastv': at K in {2, L/4, L/2} (deduplicated; L = the LM's layer count), plus any K the sweep's
   --fastv-layers asks for.
-- 'random': at K = 0 (before the LLM) and K = 2 (FastV's two-phase prefill, random keep set).
+- 'random': at K = 0 (before the LLM) and K = 2 (FastV's two-phase prefill, random keep set), plus
+  any K the sweep's --random-layers asks for (the chance line of a FastV K added with --fastv-layers:
+  the same full first K layers, a random keep set).
 - any other strategy: before the LLM, PruneConfig(strategy=s, layer=0, keep=N).
 - two stages: PreSelect(s, keep=N1) before the LLM, then FastV at K = 2 down to N, with
   N1 = min(2 N, 256), for s in TWO_STAGE_PRE (DivPrune: one two-stage line keeps the sweep's
@@ -67,7 +69,10 @@ def _two_stage(pre: str, keep1: int, keep: int) -> Callable[[int], object]:
 
 
 def settings(
-    n_layer: int, strategies: tuple[str, ...] | None = None, extra_fastv: tuple[int, ...] = ()
+    n_layer: int,
+    strategies: tuple[str, ...] | None = None,
+    extra_fastv: tuple[int, ...] = (),
+    extra_random: tuple[int, ...] = (),
 ) -> list[Setting]:
     """Every setting to evaluate, stock first.
 
@@ -75,6 +80,7 @@ def settings(
         n_layer: layers of the LM (for K = L/4, L/2).
         strategies: strategy names; None reads fastv_edge.config.STRATEGIES now.
         extra_fastv: more FastV layers K to sweep besides {2, L/4, L/2} (1 <= K < L).
+        extra_random: more layers K for random selection besides RANDOM_LAYERS (0 <= K < L).
 
     Returns:
         The settings in table order.
@@ -82,6 +88,9 @@ def settings(
     bad = [k for k in extra_fastv if not 1 <= k < n_layer]
     if bad:
         raise ValueError(f"FastV layers {bad} out of range: 1 <= K < {n_layer}")
+    bad = [k for k in extra_random if not 0 <= k < n_layer]
+    if bad:
+        raise ValueError(f"random layers {bad} out of range: 0 <= K < {n_layer}")
     if strategies is None:
         from fastv_edge.config import STRATEGIES as strategies
     out = [Setting("stock", "stock", N_IMAGE, _prune(strategy="none"))]
@@ -92,7 +101,7 @@ def settings(
         if s == "fastv":
             layers = sorted(set(fastv_layers(n_layer)) | set(extra_fastv))
         elif s == "random":
-            layers = list(RANDOM_LAYERS)
+            layers = sorted(set(RANDOM_LAYERS) | set(extra_random))
         else:
             layers = [0]
         for k in layers:

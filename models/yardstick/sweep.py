@@ -10,7 +10,7 @@ plots.
     nice -n 10 python -m models.yardstick.sweep --shard 0/2 &     # one process per core
     nice -n 10 python -m models.yardstick.sweep --shard 1/2
     python -m models.yardstick.sweep --merge                      # table, results.json, plots
-    python -m models.yardstick.sweep --shard 0/1 --fastv-layers 6   # add FastV at K = 6, answers only that
+    python -m models.yardstick.sweep --shard 0/2 --fastv-layers 6 --random-layers 6   # a rerun: only what is missing
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def run_shard(
     save_every: int = 20,
     kinds=None,
     extra_fastv: tuple[int, ...] = (),
+    extra_random: tuple[int, ...] = (),
 ) -> Path:
     """Answer this shard's questions under every setting not answered yet; returns the shard file.
 
@@ -79,6 +80,7 @@ def run_shard(
         save_every: write the shard file after this many questions.
         kinds: question kinds to sample (None = all).
         extra_fastv: FastV layers K to add to the settings (settings.settings).
+        extra_random: layers K of random selection to add to the settings.
 
     Returns:
         The shard file path.
@@ -95,7 +97,7 @@ def run_shard(
     skipped: dict[str, str] = {}  # retried on every run: a strategy may have landed since
     rows, t0 = [], time.perf_counter()
     with load_gguf(threads) as model:
-        todo = settings(model.info.n_layer, extra_fastv=extra_fastv)
+        todo = settings(model.info.n_layer, extra_fastv=extra_fastv, extra_random=extra_random)
         mine = sample(per_kind, kinds)[shard::n_shards]
         for i, qi in enumerate(mine):
             q = questions[qi]
@@ -127,6 +129,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--fastv-layers", type=int, nargs="+", default=[], help="FastV layers K to sweep besides 2, L/4 and L/2"
     )
+    parser.add_argument(
+        "--random-layers", type=int, nargs="+", default=[], help="layers K of random selection besides 0 and 2"
+    )
     parser.add_argument("--merge", action="store_true", help="join the shards in --out into table, JSON, plots")
     parser.add_argument("--img", type=Path, default=HERE.parent.parent / "docs" / "img", help="where plots go")
     args = parser.parse_args(argv)
@@ -137,7 +142,8 @@ def main(argv=None) -> int:
     if not 0 <= i < n:
         parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard}")
     kinds = tuple(args.kinds) if args.kinds else None
-    print(run_shard(args.per_kind, i, n, args.out, args.threads, kinds=kinds, extra_fastv=tuple(args.fastv_layers)))
+    extra = {"extra_fastv": tuple(args.fastv_layers), "extra_random": tuple(args.random_layers)}
+    print(run_shard(args.per_kind, i, n, args.out, args.threads, kinds=kinds, **extra))
     return 0
 
 

@@ -68,6 +68,11 @@ def summarize(rows: list[dict], meta: list[dict], skipped: dict[str, str]) -> di
             if ref is not None and ref != i and m["family"] != "stock":
                 key = "minus_" + family.replace(" K=", "_k")
                 out[m["name"]][key] = _paired(hits, boots, i, ref)
+        if m["family"].startswith("FastV K="):  # its own chance line: the same full first K layers, random keep set
+            twin = "random " + m["family"].removeprefix("FastV ")
+            ref = next((j for j, n in enumerate(complete) if n["family"] == twin and n["keep"] == m["keep"]), None)
+            if ref is not None:
+                out[m["name"]]["minus_random_same_k"] = _paired(hits, boots, i, ref)
     return {
         "n": len(rows),
         "questions_per_kind": {k: int((kind_of == k).sum()) for k in kinds},
@@ -144,6 +149,20 @@ def tables(result: dict) -> str:
             else "-"
         )
     )
+    same_k = {f: m for f, m in fam.items() if any("minus_random_same_k" in st[n] for n in m.values())}
+    if same_k:
+        lines += ["", "FastV minus random at the same K (the same full first K layers), paired 95% CI:", "", head]
+        lines += [
+            f"| {f} | "
+            + " | ".join(
+                "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * v for v in st[m[b]]["minus_random_same_k"]))
+                if b in m and "minus_random_same_k" in st[m[b]]
+                else "-"
+                for b in budgets
+            )
+            + " |"
+            for f, m in same_k.items()
+        ]
     lines += ["", "Ranking per budget; best minus runner-up (accuracy points, paired 95% CI):", ""]
     lines += ["| keep | ranking | best - second |", "|---|---|---|"]
     for keep, lead in result.get("leaders", {}).items():
