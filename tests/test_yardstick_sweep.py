@@ -87,6 +87,7 @@ def test_summary_statistics_on_synthetic_answers():
     ]
     rows = _rows(2000, {"stock": 0.95, "fastv K=2 keep=14": 0.6, "random K=2 keep=14": 0.8})
     rows[0]["answers"]["late"] = "yes"  # answered on one question only
+    rows[1]["label"] = "no"  # so 'no' is an answer of its kind (glyph) and not of count
     result = summarize(rows, meta, {"skipped one": "ValueError: no"})
     st = result["settings"]
     assert result["n"] == 2000 and result["questions_per_kind"] == {"count": 1000, "glyph": 1000}
@@ -105,6 +106,8 @@ def test_summary_statistics_on_synthetic_answers():
     assert st["fastv K=2 keep=14"]["minus_random_same_k"] == st["fastv K=2 keep=14"]["minus_random_k2"]
     assert "minus_random_same_k" not in st["random K=2 keep=14"]
     assert "FastV minus random at the same K" in tables(result)
+    off = np.mean([r["kind"] == "count" and r["answers"]["fastv K=2 keep=14"] == "no" for r in rows])
+    assert st["fastv K=2 keep=14"]["off_kind"] == pytest.approx(off) and 0.15 < off < 0.25  # count's 'no' only
     assert bootstrap(np.ones((1, 10), dtype=bool)).min() == 1.0
 
 

@@ -50,6 +50,7 @@ def summarize(rows: list[dict], meta: list[dict], skipped: dict[str, str]) -> di
         dict.fromkeys(r["kind"] for r in rows), key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k)
     )
     kind_of = np.array([r["kind"] for r in rows])
+    answers_of = {k: {r["label"] for r in rows if r["kind"] == k} for k in kinds}  # what a question of k can answer
     names = [m["name"] for m in complete]
     stock = names.index("stock") if "stock" in names else None
     out = {}
@@ -62,6 +63,8 @@ def summarize(rows: list[dict], meta: list[dict], skipped: dict[str, str]) -> di
             "ci95": [float(lo), float(hi)],
             "share_of_stock": float(hits[i].mean() / hits[stock].mean()) if stock is not None else None,
             "by_kind": {k: float(hits[i][kind_of == k].mean()) for k in kinds},
+            # answers no question of that kind has (a count answered 'no'): the model lost the question, not the object
+            "off_kind": float(np.mean([r["answers"][m["name"]] not in answers_of[r["kind"]] for r in rows])),
         }
         for family in ("random K=2", "random K=0"):  # in-LLM and pre-LLM chance at the same budget
             ref = next((j for j, n in enumerate(complete) if n["family"] == family and n["keep"] == m["keep"]), None)
@@ -133,6 +136,10 @@ def tables(result: dict) -> str:
     lines += [head] + grid(lambda s: f"{s['accuracy']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
     if "stock" in st:
         lines += ["", "Share of stock accuracy:", "", head] + grid(lambda s: f"{100 * s['share_of_stock']:.1f}%")
+    lines += ["", "Answers of the wrong kind (no question of that kind has that answer, e.g. 'no' to a count):", ""]
+    if "stock" in st:
+        lines += [f"Stock: {100 * st['stock']['off_kind']:.1f}%", ""]
+    lines += [head] + grid(lambda s: f"{100 * s['off_kind']:.1f}%")
     lines += ["", "Minus random K=2 at the same budget (accuracy points, paired 95% CI):", "", head]
     lines += grid(
         lambda s: (
