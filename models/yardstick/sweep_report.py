@@ -198,7 +198,7 @@ def plot(result: dict, path: Path, kinds: bool = False) -> None:
     panels = list(result["questions_per_kind"]) if kinds else ["all"]
     cols = 3 if kinds else 1
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows) if kinds else (7, 4.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows) if kinds else (8.6, 4.6), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         for i, (family, by_keep) in enumerate(fam.items()):
             keeps = sorted(by_keep)
@@ -223,7 +223,10 @@ def plot(result: dict, path: Path, kinds: bool = False) -> None:
         ax.set_xlabel("image tokens kept (of 256)")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
+    if kinds:
+        axes.flat[0].legend(fontsize=7)
+    else:  # outside the axes: with ten families any corner hides a line
+        axes.flat[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"yardstick: accuracy vs kept image tokens ({result['n']} test questions)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
