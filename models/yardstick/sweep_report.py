@@ -117,6 +117,11 @@ def _families(result: dict) -> dict[str, dict[int, str]]:
     return fam
 
 
+def _difference_cell(key: str):
+    """A table cell of a paired difference in points with its 95% interval, or '-' where it was not measured."""
+    return lambda s: "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * v for v in s[key])) if key in s else "-"
+
+
 def tables(result: dict) -> str:
     """The markdown tables: accuracy with CI, share of stock, minus random K=2, per kind, skipped."""
     st, fam = result["settings"], _families(result)
@@ -141,21 +146,9 @@ def tables(result: dict) -> str:
         lines += [f"Stock: {100 * st['stock']['off_kind']:.1f}%", ""]
     lines += [head] + grid(lambda s: f"{100 * s['off_kind']:.1f}%")
     lines += ["", "Minus random K=2 at the same budget (accuracy points, paired 95% CI):", "", head]
-    lines += grid(
-        lambda s: (
-            "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * v for v in s["minus_random_k2"]))
-            if "minus_random_k2" in s
-            else "-"
-        )
-    )
+    lines += grid(_difference_cell("minus_random_k2"))
     lines += ["", "Minus random K=0 (random selection before the LLM) at the same budget:", "", head]
-    lines += grid(
-        lambda s: (
-            "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * v for v in s["minus_random_k0"]))
-            if "minus_random_k0" in s
-            else "-"
-        )
-    )
+    lines += grid(_difference_cell("minus_random_k0"))
     same_k = {f: m for f, m in fam.items() if any("minus_random_same_k" in st[n] for n in m.values())}
     if same_k:
         lines += ["", "FastV minus random at the same K (the same full first K layers), paired 95% CI:", "", head]
