@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import traceback
 from dataclasses import asdict
@@ -44,7 +45,7 @@ from .cli_args import (
     runtime_from_args,
     sampling_from_args,
 )
-from .console import SlowSteps, StepLines, error, format_plan, format_stats, read_stdin
+from .console import SlowSteps, StepLines, error, format_plan, format_stats, note, over_budget_note, read_stdin
 from .errors import FastVEdgeError
 
 
@@ -155,7 +156,17 @@ def cmd_run(args, backend: Backend) -> int:
             print()
             if not args.quiet:
                 print(format_stats(last, prune, threads), file=sys.stderr)
+                hint = over_budget_note(last.plan, last.ttft_ms, _recalibrate_command(args))
+                if hint:
+                    note(hint)
     return 0
+
+
+def _recalibrate_command(args) -> str:
+    parts = ["fastv-edge", "calibrate", "-m", args.model] + (["--mmproj", args.mmproj] if args.mmproj else [])
+    if args.threads:
+        parts += ["-t", str(args.threads)]
+    return shlex.join([*parts, "--force"])
 
 
 def cmd_info(args, backend: Backend) -> int:

@@ -86,6 +86,22 @@ def _predicted(r) -> str:
     return f" | predicted ttft {plan.predicted_ms:.0f} ms (budget {plan.budget_ms / 1e3:.1f} s)"
 
 
+# A first token this much later than its budget is more than run-to-run noise (the planner's median
+# error is about 5%): the calibration was probably measured at another load than the machine has now.
+OVER_BUDGET = 1.25
+
+
+def over_budget_note(plan, ttft_ms: float, recalibrate: str) -> str | None:
+    """A one-line hint when a budgeted request missed its budget by more than noise, else None."""
+    if plan is None or plan.budget_ms is None or ttft_ms <= plan.budget_ms * OVER_BUDGET:
+        return None
+    return (
+        f"the first token took {ttft_ms / 1e3:.1f} s against a budget of {plan.budget_ms / 1e3:.1f} s "
+        f"(predicted {plan.predicted_ms / 1e3:.1f} s): the calibration may come from a quieter or faster "
+        f"machine state than now; `{recalibrate}` measures it again"
+    )
+
+
 def format_image(index: int, img) -> str:
     """'image 1: 36x27 grid, 972 tokens, cached' from an ImageStats."""
     grid = f"{img.grid[0]}x{img.grid[1]} grid, " if img.grid else ""

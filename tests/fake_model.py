@@ -8,10 +8,11 @@ Only pure-Python logic is tested with it; everything native runs real GGUFs else
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastv_edge.config import PruneConfig, RuntimeConfig
 from fastv_edge.flops import flops_ratio
+from fastv_edge.planner import Plan
 from fastv_edge.pruning import stage_budgets
 from fastv_edge.response import GenerationResponse, PrefillStats, ThreadCounts
 
@@ -68,6 +69,7 @@ class FakeBackend:
         self.models: list[FakeModel] = []
         self.sessions: list[FakeSession] = []
         self.generate_prunes: list = []  # the prune each stream_generate got (None: a budget's free choice)
+        self.ttft_ms = 15.0  # every response's time to first token
 
     def load(self, model, mmproj=None, *, runtime, prune, template=None):
         self.calls.append(("load", dict(model=model, mmproj=mmproj, runtime=runtime, prune=prune, template=template)))
@@ -79,7 +81,13 @@ class FakeBackend:
     def stream_generate(self, model, prompt, images=(), *, prune=None, max_tokens=256, **kwargs):
         self.calls.append(("generate", dict(prompt=prompt, images=list(images), max_tokens=max_tokens, **kwargs)))
         self.generate_prunes.append(prune)
-        yield from self.respond(prune or model.prune, len(images), max_tokens, prompt_tokens=20)
+        budget = kwargs.get("ttft_budget")
+        plan = None
+        if budget is not None:  # a plan keeping every token, predicted at 90% of the budget
+            n = self.image_tokens * len(images)
+            plan = Plan("none", None, n, n, n, 0, predicted_ms=900.0 * budget, budget_ms=1000.0 * budget)
+        for r in self.respond(prune or model.prune, len(images), max_tokens, prompt_tokens=20):
+            yield replace(r, plan=plan)
 
     def respond(self, prune: PruneConfig, n_images: int, max_tokens: int, prompt_tokens: int):
         """The canned answer with statistics consistent with prune and the number of images
@@ -106,7 +114,7 @@ class FakeBackend:
             deep_ms=6.0 if in_llm else 0.0,
             pruned=in_llm,
         )
-        step = dict(stats=stats, ttft_ms=15.0, decode_tps=50.0, flops_ratio=ratio)
+        step = dict(stats=stats, ttft_ms=self.ttft_ms, decode_tps=50.0, flops_ratio=ratio)
         pieces = self.pieces[:max_tokens]
         for i, text in enumerate(pieces):
             last = i == len(pieces) - 1

@@ -54,6 +54,24 @@ def test_a_keep_count_and_a_budget_are_refused(cli, fake_backend, flags):
     assert not _calls(fake_backend, "generate")
 
 
+def test_a_missed_budget_names_the_recalibration(cli, fake_backend):
+    fake_backend.ttft_ms = 4000.0  # 1.6x the 2.5 s budget: more than the planner's noise
+    code, _, err = cli(
+        "run", "-m", "model.gguf", "--mmproj", "my proj.gguf", "-p", "hi", "-t", "1", "--ttft-budget", "2.5"
+    )
+    assert code == 0, err
+    assert "the first token took 4.0 s against a budget of 2.5 s (predicted 2.2 s)" in err
+    assert "`fastv-edge calibrate -m model.gguf --mmproj 'my proj.gguf' -t 1 --force` measures it again" in err
+
+
+@pytest.mark.parametrize("ttft_ms, budget", [(3000.0, ("--ttft-budget", "2.5")), (4000.0, ())])
+def test_no_recalibration_note_within_noise_or_without_a_budget(cli, fake_backend, ttft_ms, budget):
+    fake_backend.ttft_ms = ttft_ms  # 1.2x the budget is within OVER_BUDGET; no budget, nothing to miss
+    code, _, err = cli("run", "-m", "model.gguf", "-p", "hi", *budget)
+    assert code == 0, err
+    assert "calibrate" not in err
+
+
 def test_chat_takes_the_budget(cli, fake_backend):
     code, _, _ = cli("chat", "-m", "model.gguf", "--ttft-budget", "4", "--quiet", stdin="hello\n")
     assert code == 0
