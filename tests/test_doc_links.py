@@ -1,4 +1,4 @@
-"""The user docs link to files and sections that exist, and name no path of the machine they were written on.
+"""The user docs link to files and sections that exist, and name no path of one machine and no issue number.
 
 A renamed heading silently breaks every link to its anchor (GitHub shows the top of the page instead),
 so each relative link's file and `#anchor` are resolved here the way GitHub slugs headings.
@@ -69,3 +69,10 @@ def test_relative_links_resolve(doc):
 def test_no_machine_paths(doc):
     hits = [line.strip() for line in doc.read_text().splitlines() if MACHINE_PATHS.search(line)]
     assert not hits, f"{doc.relative_to(ROOT)} names paths of one machine: {hits[:3]}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_issue_numbers(doc):
+    # readers of the docs cannot see this project's tracker
+    hits = [line.strip() for line in doc.read_text().splitlines() if re.search(r"\bissues? #?\d+", line, re.I)]
+    assert not hits, f"{doc.relative_to(ROOT)} refers to issue numbers: {hits[:3]}"
