@@ -15,6 +15,8 @@ import numpy as np
 N_BOOT = 2000
 PLOT_NAME = "yardstick-accuracy.png"
 KINDS_PLOT_NAME = "yardstick-accuracy-kinds.png"
+# tab10, then colours unlike any of it: a family past the tenth must not repeat C0's colour and line
+COLOURS = tuple(f"C{i}" for i in range(10)) + ("black", "darkgoldenrod", "navy", "lime")
 KINDS = ("attribute", "count", "exist", "spatial", "glyph", "size")  # the generator's order, for the tables
 
 
@@ -198,12 +200,22 @@ def plot(result: dict, path: Path, kinds: bool = False) -> None:
             acc = [_acc(st[by_keep[k]], panel) for k in keeps]
             style = "--" if family.startswith("random") else "-"
             if kinds:
-                ax.plot(keeps, acc, style, marker="o", ms=3, color=f"C{i}", label=family)
+                ax.plot(keeps, acc, style, marker="o", ms=3, color=COLOURS[i % len(COLOURS)], label=family)
             else:
                 ci = np.array([st[by_keep[k]]["ci95"] for k in keeps]).T  # (2, n_keeps)
                 err = np.abs(ci - np.array(acc)[None, :])
                 x = np.array(keeps) * 1.025 ** (i - (len(fam) - 1) / 2)  # side by side, so the bars stay readable
-                ax.errorbar(x, acc, yerr=err, fmt=style, marker="o", ms=4, capsize=2, color=f"C{i}", label=family)
+                ax.errorbar(
+                    x,
+                    acc,
+                    yerr=err,
+                    fmt=style,
+                    marker="o",
+                    ms=4,
+                    capsize=2,
+                    color=COLOURS[i % len(COLOURS)],
+                    label=family,
+                )
         if "stock" in st:
             ax.axhline(_acc(st["stock"], panel), color="k", ls=":", lw=1, label="stock (all 256)")
         ax.set_xscale("log")
