@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -34,3 +36,21 @@ def run_cli(env, *args, stdin: str | None = None, timeout: float = 120):
         text=True,
         timeout=timeout,
     )
+
+
+def bounded(call, *args, limit: float, **kwargs):
+    """(result or exception, seconds) of call(*args, **kwargs) in a watchdog thread; fails if it runs past `limit`."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = call(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            box["value"] = e
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"{getattr(call, '__name__', call)} still running after {limit} s: it hangs"
+    return box["value"], time.monotonic() - t0

@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from api_helpers import bounded
 from PIL import Image
 
 import fastv_edge as fe
@@ -121,26 +122,8 @@ def fast_limits(monkeypatch):
     monkeypatch.setattr(fetch, "MAX_DOWNLOAD_BYTES", 1 << 20)
 
 
-def bounded(call, *args, **kwargs):
-    """call(*args) in a watchdog thread: (result or exception, seconds); fails if it hangs."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = call(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - handed back to the test
-            box["value"] = e
-
-    t0 = time.monotonic()
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(WATCHDOG)
-    assert not thread.is_alive(), f"{call.__name__} still running after {WATCHDOG} s: it hangs"
-    return box["value"], time.monotonic() - t0
-
-
 def test_a_good_url_loads(server, fast_limits):
-    img, _ = bounded(load_image, server + "/photo")
+    img, _ = bounded(load_image, server + "/photo", limit=WATCHDOG)
     assert (img.nx, img.ny, img.name) == (16, 12, server + "/photo")
 
 
@@ -155,13 +138,13 @@ def test_a_good_url_loads(server, fast_limits):
     ],
 )
 def test_bad_servers_give_one_line_errors_naming_the_url(server, fast_limits, path, message):
-    err, seconds = bounded(load_image, server + path)
+    err, seconds = bounded(load_image, server + path, limit=WATCHDOG)
     assert isinstance(err, ValueError) and message in str(err) and server + path in str(err), err
     assert "\n" not in str(err) and seconds < 5
 
 
 def test_a_server_that_never_answers_times_out(silent, fast_limits):
-    err, seconds = bounded(load_image, silent)
+    err, seconds = bounded(load_image, silent, limit=WATCHDOG)
     assert isinstance(err, ValueError), err
     assert f"could not fetch image {silent}: no answer within 0.5 s" == str(err) and seconds < 5
 
@@ -171,7 +154,7 @@ def test_a_refused_connection_names_the_url(fast_limits):
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/x.png"
     sock.close()  # nothing listens there now
-    err, _ = bounded(load_image, url)
+    err, _ = bounded(load_image, url, limit=WATCHDOG)
     assert isinstance(err, ValueError) and str(err).startswith(f"could not fetch image {url}: "), err
 
 
@@ -209,9 +192,9 @@ def test_a_request_has_one_pixel_budget(tmp_path, monkeypatch):
 def test_generate_and_the_handler_use_the_bounds(tiny, tiny_model, silent, fast_limits, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(png(6000, 6000))
-    err, _ = bounded(fe.generate, tiny_model, "hi", [big, big], max_tokens=1)
+    err, _ = bounded(fe.generate, tiny_model, "hi", [big, big], max_tokens=1, limit=WATCHDOG)
     assert isinstance(err, ValueError) and "pixels together" in str(err), err
-    err, _ = bounded(fe.generate, tiny_model, "hi", [silent], max_tokens=1)
+    err, _ = bounded(fe.generate, tiny_model, "hi", [silent], max_tokens=1, limit=WATCHDOG)
     assert isinstance(err, ValueError) and silent in str(err), err
     import llama_cpp
 
@@ -221,7 +204,7 @@ def test_generate_and_the_handler_use_the_bounds(tiny, tiny_model, silent, fast_
     llm = llama_cpp.Llama(str(tiny.llama_path), n_ctx=512, n_threads=1, chat_handler=handler, verbose=False)
     message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": silent}}]}
     try:
-        err, seconds = bounded(llm.create_chat_completion, messages=[message], max_tokens=1)
+        err, seconds = bounded(llm.create_chat_completion, messages=[message], max_tokens=1, limit=WATCHDOG)
     finally:
         llm.close()
     assert isinstance(err, ValueError) and f"could not fetch image {silent}" in str(err) and seconds < 5, err

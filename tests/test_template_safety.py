@@ -9,11 +9,8 @@ mentions a tool's type printed the user's turn as a Python list.
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-from api_helpers import run_cli
+from api_helpers import bounded, run_cli
 
 from fastv_edge import jinja_sandbox
 from fastv_edge.templates import ChatTemplateError, load_template, render, template_names, user_message
@@ -25,24 +22,6 @@ CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-
-
-def bounded(call, *args, limit: float = 20.0, **kwargs):
-    """(result or exception, seconds) of call in a watchdog thread; fails if it runs past `limit`."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = call(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - handed back to the test
-            box["value"] = e
-
-    t0 = time.monotonic()
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(limit)
-    assert not thread.is_alive(), f"still rendering after {limit} s"
-    return box["value"], time.monotonic() - t0
 
 
 @pytest.fixture
@@ -70,7 +49,7 @@ def quick(monkeypatch):
     ],
 )
 def test_every_failure_is_one_line_naming_the_template(quick, source, message):
-    err, seconds = bounded(render, source, [user_message("hi", [])], marker=MARKER, name=NAME)
+    err, seconds = bounded(render, source, [user_message("hi", [])], marker=MARKER, name=NAME, limit=20.0)
     assert isinstance(err, ChatTemplateError) and isinstance(err, ValueError), repr(err)
     assert str(err).startswith(NAME) and message in str(err) and "\n" not in str(err), str(err)
     assert seconds < 10
