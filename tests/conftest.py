@@ -79,6 +79,16 @@ def calibration_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def native():
+    """fastv_edge._native with the llama_fastv_* symbols, for the tests that call the C API directly."""
+    from fastv_edge import _native
+
+    if not _native.HAS_FASTV:
+        pytest.fail("the loaded libllama has no llama_fastv_* symbols: rebuild with the patches")
+    return _native
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """One directory for every tiny model this session generates."""
     return tmp_path_factory.mktemp("tiny-models")

@@ -24,15 +24,6 @@ PHOTO_SIZE = (128, 80)  # qwen2vl: patch 8, merge 2 -> an 8 x 5 grid; gemma3 res
 PROMPT = "<|im_start|>user\nLook:{marker}\nWhat is in it?<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(scope="module")
-def native():
-    from fastv_edge import _native
-
-    if not _native.HAS_FASTV:
-        pytest.fail("the loaded libllama has no llama_fastv_* symbols: rebuild with the patches")
-    return _native
-
-
 @pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) for n in ("qwen2vl", "gemma3")])
 def pair(request, tiny_dir):
     """Tiny text model + a projector of its family (output std like test_fastv_archs' rows)."""

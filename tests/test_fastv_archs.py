@@ -17,15 +17,6 @@ pytestmark = pytest.mark.native
 GRID = (8, 5)  # qwen2vl image: nx, ny = 40 tokens
 
 
-@pytest.fixture(scope="module")
-def native():
-    from fastv_edge import _native
-
-    if not _native.HAS_FASTV:
-        pytest.fail("the loaded libllama has no llama_fastv_* symbols: rebuild with the patches")
-    return _native
-
-
 @pytest.fixture(scope="module", params=["qwen2vl", "gemma3"])
 def arch(request, tiny_dir):
     from reference_archs import RefGemma3, RefQwen2VL

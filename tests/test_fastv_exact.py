@@ -17,15 +17,6 @@ N_IMG = 40
 
 
 @pytest.fixture(scope="module")
-def native():
-    from fastv_edge import _native
-
-    if not _native.HAS_FASTV:
-        pytest.fail("the loaded libllama has no llama_fastv_* symbols: rebuild with the patches")
-    return _native
-
-
-@pytest.fixture(scope="module")
 def ref(tiny):
     from reference import Ref
 

@@ -41,15 +41,6 @@ ATOL = {"gemma4-e2b": 1e-3, "gemma4-31b": 1e-3}
 
 
 @pytest.fixture(scope="module")
-def native():
-    from fastv_edge import _native
-
-    if not _native.HAS_FASTV:
-        pytest.fail("the loaded libllama has no llama_fastv_* symbols: rebuild with the patches")
-    return _native
-
-
-@pytest.fixture(scope="module")
 def models(tiny_dir):
     """kind -> (TinyArchModel, reference), written and loaded once per module."""
     import reference_families

@@ -28,15 +28,6 @@ GEMMA_PROMPT = "<|turn>user\nLook:{marker}\nWhat is in it?<turn|>\n<|turn>model\
 ATOL = {"qwen3vl": 1e-4, "gemma4-e2b": 1e-3, "gemma4-31b": 1e-3}  # see test_fastv_families.ATOL
 
 
-@pytest.fixture(scope="module")
-def native():
-    from fastv_edge import _native
-
-    if not _native.HAS_FASTV:
-        pytest.fail("the loaded libllama has no llama_fastv_* symbols: rebuild with the patches")
-    return _native
-
-
 @pytest.fixture(scope="module", params=["qwen3vl", pytest.param("gemma4-e2b", marks=pytest.mark.slow), "gemma4-31b"])
 def pair(request, tiny_dir):
     """Tiny text model of the family + its projector, and the family's reference."""
